@@ -1,0 +1,132 @@
+"""``SplitData``: the cells of one split, read lazily from the source matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .loaders import Batch, MinibatchLoader
+from .matrix import SourceMatrix, is_backed, read_row_block
+from .transform import FeatureTransform, fit_block_rows, iter_selected_rows
+
+
+class SplitData(Dataset):
+    """The cells of one split (train, val, test or a query), ready for a model.
+
+    Holds a *reference* to the source matrix, the source rows of its cells and the
+    :class:`~scdlkit.data.transform.FeatureTransform` that turns rows into model
+    input; nothing is densified until a minibatch is asked for. It is a regular
+    :class:`torch.utils.data.Dataset` of per-cell dictionaries, and
+    :meth:`loader` gives the fast path that slices whole minibatches at once.
+
+    Parameters
+    ----------
+    matrix
+        Source matrix (dense, CSR or backed).
+    rows
+        Source rows of the cells, int64.
+    transform
+        Feature transform (gene selection, normalisation, scaling).
+    y
+        Encoded labels aligned with ``rows``, or ``None``.
+    batch
+        Encoded batches aligned with ``rows``, or ``None``.
+    name
+        Split name, for messages.
+
+    Examples
+    --------
+    >>> import scdlkit
+    >>> prepared = scdlkit.prepare_data(
+    ...     scdlkit.datasets.pbmc68k_reduced(), label_key="bulk_labels"
+    ... )
+    >>> cell = prepared.train[0]
+    >>> sorted(cell), cell["x"].shape
+    (['index', 'x', 'y'], torch.Size([765]))
+    """
+
+    def __init__(
+        self,
+        matrix: SourceMatrix,
+        rows: np.ndarray,
+        transform: FeatureTransform,
+        *,
+        y: np.ndarray | None = None,
+        batch: np.ndarray | None = None,
+        name: str = "data",
+    ) -> None:
+        self.matrix = matrix
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.transform = transform
+        self.y = None if y is None else np.asarray(y, dtype=np.int64)
+        self.batch = None if batch is None else np.asarray(batch, dtype=np.int64)
+        self.name = name
+
+    def __repr__(self) -> str:
+        keys = ", ".join(k for k in ("y", "batch") if getattr(self, k) is not None) or "no labels"
+        backed = ", backed" if is_backed(self.matrix) else ""
+        return f"SplitData({self.name!r}: {len(self)} cells x {self.n_features} features, {keys}{backed})"
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def n_obs(self) -> int:
+        """Number of cells."""
+        return len(self)
+
+    @property
+    def n_features(self) -> int:
+        """Number of model input features."""
+        return self.transform.n_features
+
+    def __getitem__(self, position: int) -> Batch:
+        if not -len(self) <= position < len(self):
+            msg = f"Cell {position} is out of range for a split of {len(self)} cells."
+            raise IndexError(msg)
+        position = position % len(self)
+        row = int(self.rows[position])
+        if is_backed(self.matrix):
+            x = self.transform.transform_rows(read_row_block(self.matrix, row, row + 1), np.zeros(1, np.int64))
+        else:
+            x = self.transform.transform_rows(self.matrix, self.rows[position : position + 1])
+        cell = self.batch_dict(x, np.array([position]))
+        return {key: value[0] for key, value in cell.items()}
+
+    def batch_dict(self, x: np.ndarray, positions: np.ndarray) -> Batch:
+        """Assemble the batch dictionary for already transformed ``x`` of cells at ``positions``."""
+        batch = {"x": torch.from_numpy(x), "index": torch.from_numpy(self.rows[positions])}
+        if self.y is not None:
+            batch["y"] = torch.from_numpy(self.y[positions])
+        if self.batch is not None:
+            batch["batch"] = torch.from_numpy(self.batch[positions])
+        return batch
+
+    def loader(
+        self,
+        batch_size: int = 256,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        block_rows: int | None = None,
+    ) -> MinibatchLoader:
+        """A :class:`~scdlkit.data.MinibatchLoader` over these cells (see its parameters)."""
+        return MinibatchLoader(
+            self, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, block_rows=block_rows
+        )
+
+    def to_numpy(self) -> np.ndarray:
+        """All cells as one dense float32 array (cells x features), in split order.
+
+        Only for splits that fit in memory densely, e.g. for a baseline model.
+        """
+        out = np.empty((len(self), self.n_features), dtype=np.float32)
+        order = np.argsort(self.rows, kind="stable")
+        block_rows = fit_block_rows(self.n_features)
+        done = 0
+        for chunk, block, local in iter_selected_rows(self.matrix, self.rows[order], block_rows=block_rows):
+            out[order[done : done + chunk.shape[0]]] = self.transform.transform_rows(block, local)
+            done += chunk.shape[0]
+        return out
