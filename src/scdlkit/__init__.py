@@ -15,10 +15,19 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("data", "datasets")
+_SUBMODULES = ("adapters", "data", "datasets", "models", "tasks", "train")
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
+    "Trainer": "scdlkit.train",
+    "create_model": "scdlkit.models",
+    "list_models": "scdlkit.models",
+    "register_model": "scdlkit.models",
+    "get_task": "scdlkit.tasks",
+    "list_tasks": "scdlkit.tasks",
+    "register_task": "scdlkit.tasks",
+    "wrap_classification_module": "scdlkit.adapters",
+    "wrap_reconstruction_module": "scdlkit.adapters",
     "CategoryEncoder": "scdlkit.data",
     "MinibatchLoader": "scdlkit.data",
     "PreparedData": "scdlkit.data",
@@ -30,15 +39,27 @@ _LAZY = {
 __all__ = ["__version__", *_SUBMODULES, *_LAZY]
 
 if TYPE_CHECKING:
-    from . import data, datasets
-    from .data import (
-        CategoryEncoder,
-        MinibatchLoader,
-        PreparedData,
-        SplitData,
-        prepare_data,
-        transform_adata,
-    )
+    from . import adapters as adapters
+    from . import data as data
+    from . import datasets as datasets
+    from . import models as models
+    from . import tasks as tasks
+    from . import train as train
+    from .adapters import wrap_classification_module as wrap_classification_module
+    from .adapters import wrap_reconstruction_module as wrap_reconstruction_module
+    from .data import CategoryEncoder as CategoryEncoder
+    from .data import MinibatchLoader as MinibatchLoader
+    from .data import PreparedData as PreparedData
+    from .data import SplitData as SplitData
+    from .data import prepare_data as prepare_data
+    from .data import transform_adata as transform_adata
+    from .models import create_model as create_model
+    from .models import list_models as list_models
+    from .models import register_model as register_model
+    from .tasks import get_task as get_task
+    from .tasks import list_tasks as list_tasks
+    from .tasks import register_task as register_task
+    from .train import Trainer as Trainer
 
 
 def __getattr__(name: str) -> Any:

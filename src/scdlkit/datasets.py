@@ -75,7 +75,12 @@ def synthetic_counts(
     >>> adata.shape, adata.X.format, sorted(adata.obs["cell_type"].cat.categories)
     ((500, 200), 'csr', ['type_0', 'type_1', 'type_2'])
     """
-    for name, value in (("n_cells", n_cells), ("n_genes", n_genes), ("n_types", n_types), ("n_batches", n_batches)):
+    for name, value in (
+        ("n_cells", n_cells),
+        ("n_genes", n_genes),
+        ("n_types", n_types),
+        ("n_batches", n_batches),
+    ):
         if int(value) < 1:
             msg = f"{name} must be a positive integer, got {value!r}."
             raise ValueError(msg)
@@ -102,7 +107,9 @@ def synthetic_counts(
 
     obs = pd.DataFrame(
         {
-            "cell_type": pd.Categorical.from_codes(cell_types, [f"type_{i}" for i in range(n_types)]),
+            "cell_type": pd.Categorical.from_codes(
+                cell_types, [f"type_{i}" for i in range(n_types)]
+            ),
             "batch": pd.Categorical.from_codes(batches, [f"batch_{i}" for i in range(n_batches)]),
         },
         index=pd.Index([f"cell_{i}" for i in range(n_cells)]),

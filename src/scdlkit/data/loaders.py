@@ -24,7 +24,7 @@ Batch = dict[str, torch.Tensor]
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The random generator for one epoch: the same ``(seed, epoch)`` gives the same order."""
+    """Return the random generator of one epoch; the same ``(seed, epoch)`` gives the same order."""
     return np.random.default_rng([seed, epoch])
 
 

@@ -74,6 +74,10 @@ def as_source_matrix(matrix: object, *, source: str) -> SourceMatrix:
             stacklevel=3,
         )
         matrix = matrix.tocsr()
+    if sp.issparse(matrix) and not matrix.has_canonical_format:
+        # duplicate entries would be overwritten instead of summed when minibatches are densified
+        matrix = matrix.copy()
+        matrix.sum_duplicates()
     if not isinstance(matrix, np.ndarray | h5py.Dataset | CSRDataset) and not sp.issparse(matrix):
         msg = (
             f"{source} is a {type(matrix).__name__}, which scdlkit cannot read. Use a numpy "
@@ -158,7 +162,9 @@ def summarize_matrix(matrix: SourceMatrix) -> MatrixSummary:
             if first_bad < 0:
                 first_position = int(np.argmin(finite))
                 if sp.issparse(block):
-                    first_bad = start + int(np.searchsorted(block.indptr, first_position, "right")) - 1
+                    first_bad = (
+                        start + int(np.searchsorted(block.indptr, first_position, "right")) - 1
+                    )
                 else:
                     first_bad = start + first_position // block.shape[1]
             n_nonfinite += n_bad

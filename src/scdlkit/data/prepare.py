@@ -17,7 +17,13 @@ from .encoders import CategoryEncoder
 from .fields import Fields, ModSpec, get_obs_column, resolve_fields
 from .matrix import SCAN_BLOCK_ROWS, summarize_matrix
 from .split_data import SplitData
-from .splits import SPLIT_NAMES, check_split_sizes, draw_split, parse_split_column, split_categorical
+from .splits import (
+    SPLIT_NAMES,
+    check_split_sizes,
+    draw_split,
+    parse_split_column,
+    split_categorical,
+)
 from .transform import FeatureTransform, fit_scaling, iter_selected_rows
 
 #: Marks a ``transform_adata`` argument that defaults to what ``prepare_data`` used.
@@ -126,11 +132,27 @@ def _select_hvg(
     training.var_names = fields.feature_names
     hvg_batch_key = None
     if batches is not None:
-        training.obs["batch"] = batches.iloc[rows].astype(str).to_numpy()
+        # categorical: scanpy reads .cat.categories (a string column stays one when all unique)
+        training.obs["batch"] = pd.Categorical(batches.iloc[rows].astype(str).to_numpy())
         hvg_batch_key = "batch"
-    sc.pp.highly_variable_genes(
-        training, n_top_genes=n_top_genes, flavor="seurat", batch_key=hvg_batch_key, subset=False
-    )
+    try:
+        sc.pp.highly_variable_genes(
+            training,
+            n_top_genes=n_top_genes,
+            flavor="seurat",
+            batch_key=hvg_batch_key,
+            subset=False,
+        )
+    except (IndexError, ValueError) as err:
+        # scanpy fails obscurely when no gene varies (IndexError) or when expm1 of
+        # un-logged counts overflows to inf (ValueError from pandas.cut).
+        msg = (
+            f"Could not rank highly variable genes on the training cells of {fields.source} "
+            f"({type(err).__name__}: {err}). flavor='seurat' needs log-normalised values in which "
+            "some genes vary (within every batch when batch_key is given): pass normalize=True, "
+            "log1p=True, or use_hvg=False."
+        )
+        raise ValueError(msg) from err
     return np.flatnonzero(training.var["highly_variable"].to_numpy())
 
 
@@ -273,7 +295,9 @@ def prepare_data(
     )  # fmt: skip
     _validate_values(fields, normalize=normalize, log1p=log1p, use_hvg=use_hvg)
     label_encoder = None if label_key is None else CategoryEncoder.fit(fields.labels, key=label_key)
-    batch_encoder = None if batch_key is None else CategoryEncoder.fit(fields.batches, key=batch_key)
+    batch_encoder = (
+        None if batch_key is None else CategoryEncoder.fit(fields.batches, key=batch_key)
+    )
     y = None if label_encoder is None else label_encoder.encode(fields.labels)
     batch = None if batch_encoder is None else batch_encoder.encode(fields.batches)
     assignment = _assign_split(
@@ -293,7 +317,9 @@ def prepare_data(
         mean, std = fit_scaling(transform, fields.matrix, train_rows)
         transform = replace(transform, mean=mean, std=std, max_value=scale_max_value)
     feature_names = (
-        fields.feature_names if transform.columns is None else fields.feature_names[transform.columns]
+        fields.feature_names
+        if transform.columns is None
+        else fields.feature_names[transform.columns]
     )
     preprocessing = {
         "source": fields.source,
@@ -440,7 +466,9 @@ def transform_adata(
         log1p=bool(preprocessing["log1p"]),
         use_hvg=False,
     )
-    transform = transform_from_preprocessing(preprocessing, fields.feature_names, source=fields.source)
+    transform = transform_from_preprocessing(
+        preprocessing, fields.feature_names, source=fields.source
+    )
     encoded = {}
     for role, encoder in (("y", label_encoder), ("batch", batch_encoder)):
         if encoder is None:
@@ -450,4 +478,6 @@ def transform_adata(
         except KeyError:
             continue
         encoded[role] = encoder.encode(column)
-    return SplitData(fields.matrix, np.arange(fields.matrix.shape[0]), transform, name="all", **encoded)
+    return SplitData(
+        fields.matrix, np.arange(fields.matrix.shape[0]), transform, name="all", **encoded
+    )

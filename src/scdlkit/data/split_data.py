@@ -38,9 +38,7 @@ class SplitData(Dataset):
     Examples
     --------
     >>> import scdlkit
-    >>> prepared = scdlkit.prepare_data(
-    ...     scdlkit.datasets.pbmc68k_reduced(), label_key="bulk_labels"
-    ... )
+    >>> prepared = scdlkit.prepare_data(scdlkit.datasets.pbmc68k_reduced(), label_key="bulk_labels")
     >>> cell = prepared.train[0]
     >>> sorted(cell), cell["x"].shape
     (['index', 'x', 'y'], torch.Size([765]))
@@ -88,7 +86,9 @@ class SplitData(Dataset):
         position = position % len(self)
         row = int(self.rows[position])
         if is_backed(self.matrix):
-            x = self.transform.transform_rows(read_row_block(self.matrix, row, row + 1), np.zeros(1, np.int64))
+            x = self.transform.transform_rows(
+                read_row_block(self.matrix, row, row + 1), np.zeros(1, np.int64)
+            )
         else:
             x = self.transform.transform_rows(self.matrix, self.rows[position : position + 1])
         cell = self.batch_dict(x, np.array([position]))
@@ -112,7 +112,7 @@ class SplitData(Dataset):
         seed: int = 0,
         block_rows: int | None = None,
     ) -> MinibatchLoader:
-        """A :class:`~scdlkit.data.MinibatchLoader` over these cells (see its parameters)."""
+        """Return a :class:`~scdlkit.data.MinibatchLoader` over these cells (see its parameters)."""
         return MinibatchLoader(
             self, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, block_rows=block_rows
         )
@@ -126,7 +126,9 @@ class SplitData(Dataset):
         order = np.argsort(self.rows, kind="stable")
         block_rows = fit_block_rows(self.n_features)
         done = 0
-        for chunk, block, local in iter_selected_rows(self.matrix, self.rows[order], block_rows=block_rows):
+        for chunk, block, local in iter_selected_rows(
+            self.matrix, self.rows[order], block_rows=block_rows
+        ):
             out[order[done : done + chunk.shape[0]]] = self.transform.transform_rows(block, local)
             done += chunk.shape[0]
         return out

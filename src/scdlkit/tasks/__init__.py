@@ -1,0 +1,26 @@
+"""Tasks: what a model is trained for (its loss) and what it predicts.
+
+=====================  ==================================================
+``representation``     :class:`RepresentationTask` (latent + reconstruction loss)
+``reconstruction``     :class:`ReconstructionTask`
+``classification``     :class:`ClassificationTask` (logits, cross-entropy)
+=====================  ==================================================
+"""
+
+from .base import Task, unwrap_model
+from .classification import ClassificationTask
+from .reconstruction import ReconstructionTask, reconstruction_loss
+from .registry import get_task, list_tasks, register_task
+from .representation import RepresentationTask
+
+__all__ = [
+    "ClassificationTask",
+    "ReconstructionTask",
+    "RepresentationTask",
+    "Task",
+    "get_task",
+    "list_tasks",
+    "reconstruction_loss",
+    "register_task",
+    "unwrap_model",
+]

@@ -1,0 +1,121 @@
+"""Turn what users pass to ``fit``/``predict_dataset`` into an epoch-wise source of batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import MinibatchLoader, SplitData
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class BatchSource:
+    """Re-iterable batches of one input, reshuffled per epoch where the input allows it.
+
+    Parameters
+    ----------
+    data
+        ``SplitData``, a ``MinibatchLoader``, a map-style ``Dataset`` of per-cell
+        dictionaries, a ``DataLoader`` or any re-iterable of batch dictionaries.
+    batch_size
+        Cells per batch where scdlkit builds the batches.
+    shuffle
+        Shuffle cells every epoch (ignored for inputs that already are batches).
+    seed
+        Seed of the shuffling order (epoch ``e`` uses ``(seed, e)``).
+    num_workers
+        Worker processes for a plain ``Dataset`` (passed to ``DataLoader``).
+    role
+        ``"train"``, ``"val"`` or ``"predict"``, for messages.
+    """
+
+    data: Any
+    batch_size: int
+    shuffle: bool
+    seed: int
+    num_workers: int = 0
+    role: str = "train"
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if isinstance(data, SplitData):
+            self._loader = data.loader(self.batch_size, shuffle=self.shuffle, seed=self.seed)
+        elif isinstance(data, MinibatchLoader | DataLoader):
+            self._loader = data
+        elif isinstance(data, Dataset) and hasattr(data, "__len__"):
+            self._loader = None  # built per epoch so the shuffle is seeded per epoch
+        elif isinstance(data, Iterable) and not isinstance(data, str | bytes | dict):
+            if iter(data) is data:
+                msg = (
+                    f"The {self.role} data is a one-shot iterator (e.g. a generator); it would be "
+                    "empty after the first epoch. Pass a list, a Dataset or a DataLoader instead."
+                )
+                raise TypeError(msg)
+            self._loader = data
+        else:
+            msg = (
+                f"Cannot read {self.role} data of type {type(data).__name__}. Pass a SplitData "
+                "(from scdlkit.prepare_data), a torch Dataset of dictionaries, a DataLoader or a "
+                "list of batch dictionaries with an 'x' tensor."
+            )
+            raise TypeError(msg)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """Batches of ``epoch`` as dictionaries of tensors."""
+        loader = self._loader
+        if loader is None:
+            generator = torch.Generator().manual_seed(
+                int(np.random.default_rng([self.seed, epoch]).integers(2**62))
+            )
+            loader = DataLoader(
+                self.data,
+                batch_size=self.batch_size,
+                shuffle=self.shuffle,
+                generator=generator,
+                num_workers=self.num_workers,
+            )
+        elif hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            yield as_batch_dict(batch, role=self.role)
+
+
+def as_batch_dict(batch: object, *, role: str = "train") -> Batch:
+    """Check one batch and convert numpy arrays in it to tensors."""
+    if not isinstance(batch, dict) or "x" not in batch:
+        kind = type(batch).__name__
+        keys = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
+        msg = (
+            f"Each {role} batch must be a dictionary with at least an 'x' tensor (cells x "
+            f"features), got a {kind}{keys}."
+        )
+        raise TypeError(msg)
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value)
+        out[key] = value
+    x = out["x"]
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        msg = f"The {role} batch's 'x' must be a 2-D tensor (cells x features), got {type(x).__name__}."
+        raise TypeError(msg)
+    if not torch.is_floating_point(x):
+        out["x"] = x.float()
+    return out
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of ``batch`` to ``device`` (non-blocking from pinned memory)."""
+    if device.type == "cpu":
+        return batch
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }

@@ -1,0 +1,32 @@
+"""Callbacks: hooks into :class:`~scdlkit.Trainer` without subclassing it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class Callback:
+    """Base class; override the hooks you need. Set ``trainer.stop_training = True`` to stop.
+
+    Examples
+    --------
+    >>> class StopAtLoss(Callback):
+    ...     def __init__(self, threshold: float) -> None:
+    ...         self.threshold = threshold
+    ...
+    ...     def on_epoch_end(self, trainer, logs):
+    ...         if logs["train_loss"] < self.threshold:
+    ...             trainer.stop_training = True
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Run once before the first epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        """Run after every epoch with that epoch's history row."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """Run once after training, also after an interruption."""

@@ -1,0 +1,696 @@
+"""The ``Trainer``: scdlkit's training and inference loop."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .batches import BatchSource, to_device
+from .callbacks import Callback
+from .checkpoint import read_config, read_training_state, read_weights, write_bundle
+from .device import autocast, autocast_dtype, resolve_device
+
+OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerSpec = str | Callable[[torch.optim.Optimizer], Any] | None
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+_SCHEDULERS = ("cosine", "plateau", "step")
+
+
+def _positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok:
+        kind = "integer" if integer else "number"
+        bound = ">= 0" if allow_zero else "> 0"
+        msg = f"{name} must be a {kind} {bound}, got {value!r}."
+        raise ValueError(msg)
+
+
+class Trainer:
+    """Train a model on a task and run batched inference with it.
+
+    Parameters
+    ----------
+    model
+        A scdlkit model (from :func:`~scdlkit.create_model`), a wrapped module
+        (:mod:`scdlkit.adapters`) or any ``nn.Module`` that declares
+        ``supported_tasks`` and returns the outputs the task needs.
+    task
+        Task name (``"representation"``, ``"reconstruction"``, ``"classification"``)
+        or a task instance.
+    epochs
+        Maximum number of epochs.
+    batch_size
+        Cells per minibatch.
+    lr
+        Learning rate.
+    weight_decay
+        Weight decay passed to the optimizer.
+    optimizer
+        ``"adam"``, ``"adamw"``, ``"sgd"``, or a callable ``params -> Optimizer``.
+    scheduler
+        ``None``, ``"cosine"`` (cosine annealing over ``epochs``), ``"plateau"``
+        (halve the LR after 3 epochs without improvement), ``"step"`` (×0.5 every
+        ``max(1, epochs // 4)`` epochs) or a callable ``optimizer -> scheduler``;
+        stepped once per epoch.
+    grad_clip
+        Clip the gradient norm to this value (``None`` does not clip).
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU) or a device string.
+    mixed_precision
+        ``True``: float16 autocast with a gradient scaler on CUDA; a no-op on CPU,
+        where bfloat16 is usually slower (ask for it with ``"bf16"``).
+    early_stopping_patience
+        Stop after this many evaluated epochs without improvement of the
+        monitored loss (validation loss, or training loss without validation data);
+        ``None`` disables early stopping.
+    min_delta
+        Smallest decrease of the monitored loss that counts as an improvement.
+    checkpoint
+        Keep the best weights in memory and restore them when training ends.
+    seed
+        Seed of shuffling, dropout and sampling; CPU runs with the same seed and
+        the same initial weights are bit-for-bit identical.
+    val_every
+        Evaluate on the validation data every this many epochs (and at the last).
+    num_workers
+        Worker processes for plain torch ``Dataset`` inputs.
+    progress
+        Show a tqdm progress bar; ``None`` shows it only in an interactive terminal.
+    callbacks
+        :class:`~scdlkit.train.Callback` instances.
+    verbose
+        Write one summary line per epoch.
+
+    Examples
+    --------
+    >>> import scdlkit
+    >>> from scdlkit import Trainer, create_model, prepare_data
+    >>> adata = scdlkit.datasets.pbmc68k_reduced()
+    >>> prepared = prepare_data(adata, label_key="bulk_labels")
+    >>> model = create_model("vae", input_dim=prepared.input_dim, latent_dim=16)
+    >>> trainer = Trainer(model, "representation", epochs=3, batch_size=128)
+    >>> trainer = trainer.fit(prepared.train, prepared.val)
+    >>> trainer.predict_dataset(prepared.test)["latent"].shape
+    (105, 16)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str | Any,
+        *,
+        epochs: int = 50,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: OptimizerSpec = "adam",
+        scheduler: SchedulerSpec = None,
+        grad_clip: float | None = None,
+        device: str | torch.device = "auto",
+        mixed_precision: bool | str = False,
+        early_stopping_patience: int | None = 10,
+        min_delta: float = 0.0,
+        checkpoint: bool = True,
+        seed: int = 42,
+        val_every: int = 1,
+        num_workers: int = 0,
+        progress: bool | None = None,
+        callbacks: Sequence[Callback] = (),
+        verbose: bool = False,
+    ) -> None:
+        from ..tasks import get_task
+
+        if not isinstance(model, nn.Module):
+            msg = f"model must be a torch.nn.Module, got {type(model).__name__}."
+            raise TypeError(msg)
+        self.task = get_task(task)
+        self.task.check_model(model)
+        _positive("epochs", epochs, integer=True)
+        _positive("batch_size", batch_size, integer=True)
+        _positive("lr", lr)
+        _positive("weight_decay", weight_decay, allow_zero=True)
+        _positive("val_every", val_every, integer=True)
+        _positive("num_workers", num_workers, integer=True, allow_zero=True)
+        _positive("min_delta", min_delta, allow_zero=True)
+        if early_stopping_patience is not None:
+            _positive(
+                "early_stopping_patience", early_stopping_patience, integer=True, allow_zero=True
+            )
+        if grad_clip is not None:
+            _positive("grad_clip", grad_clip)
+        if isinstance(optimizer, str) and optimizer not in _OPTIMIZERS:
+            msg = (
+                f"Unknown optimizer {optimizer!r}; use one of {sorted(_OPTIMIZERS)} or a callable."
+            )
+            raise ValueError(msg)
+        if isinstance(scheduler, str) and scheduler not in _SCHEDULERS:
+            msg = f"Unknown scheduler {scheduler!r}; use one of {list(_SCHEDULERS)}, None or a callable."
+            raise ValueError(msg)
+        self.device = resolve_device(device)
+        self.autocast_dtype = autocast_dtype(self.device, mixed_precision)
+        self.model = model.to(self.device)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.optimizer_spec = optimizer
+        self.scheduler_spec = scheduler
+        self.grad_clip = grad_clip
+        self.mixed_precision = mixed_precision
+        self.early_stopping_patience = early_stopping_patience
+        self.min_delta = float(min_delta)
+        self.checkpoint = bool(checkpoint)
+        self.seed = int(seed)
+        self.val_every = int(val_every)
+        self.num_workers = int(num_workers)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+
+        self.history: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
+        self.best_loss: float | None = None
+        self.epochs_run = 0
+        self.stop_training = False
+        self.interrupted = False
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.checkpoint_config: dict[str, Any] | None = None
+        self._bad_epochs = 0
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._last_state: dict[str, torch.Tensor] | None = None
+        self._rng_state: torch.Tensor | None = None
+        self._scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.device.type == "cuda" and self.autocast_dtype == torch.float16
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Trainer({type(self.model).__name__}, task={self.task.name!r}, device={self.device.type!r}, "
+            f"epochs_run={self.epochs_run}/{self.epochs})"
+        )
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> dict[str, Any]:
+        """Return the JSON-able constructor settings (stored in checkpoints)."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "optimizer": self.optimizer_spec if isinstance(self.optimizer_spec, str) else "custom",
+            "scheduler": self.scheduler_spec
+            if self.scheduler_spec is None or isinstance(self.scheduler_spec, str)
+            else "custom",
+            "grad_clip": self.grad_clip,
+            "mixed_precision": self.mixed_precision,
+            "early_stopping_patience": self.early_stopping_patience,
+            "min_delta": self.min_delta,
+            "checkpoint": self.checkpoint,
+            "seed": self.seed,
+            "val_every": self.val_every,
+        }
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            msg = f"{type(self.model).__name__} has no trainable parameters (all have requires_grad=False)."
+            raise ValueError(msg)
+        spec = self.optimizer_spec
+        if isinstance(spec, str):
+            return _OPTIMIZERS[spec](params, lr=self.lr, weight_decay=self.weight_decay)
+        return spec(params)
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        spec = self.scheduler_spec
+        if spec is None:
+            return None
+        if spec == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        if spec == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+        if spec == "step":
+            return torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=max(1, self.epochs // 4), gamma=0.5
+            )
+        return spec(optimizer)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self, train: Any, val: Any = None, *, resume_from: str | os.PathLike | None = None
+    ) -> Trainer:
+        """Train on ``train``, monitoring ``val``; returns ``self``.
+
+        Parameters
+        ----------
+        train
+            ``SplitData`` (e.g. ``prepared.train``), a torch ``Dataset`` of per-cell
+            dictionaries, a ``DataLoader`` or a list of batch dictionaries.
+        val
+            Validation data of the same kinds, or ``None`` (then the training loss
+            is monitored).
+        resume_from
+            A checkpoint written by :meth:`save_checkpoint`: weights, optimizer,
+            scheduler, history and epoch counter are restored and training goes on
+            up to ``epochs``.
+
+        Returns
+        -------
+        The fitted trainer. ``history_frame`` holds one row per epoch; with
+        ``checkpoint=True`` the model holds the best weights. ``Ctrl-C`` stops
+        cleanly: the best weights are restored and the history kept.
+
+        Raises
+        ------
+        NotImplementedError
+            The model is inference-only (``supports_training=False``).
+        """
+        if not getattr(self.model, "supports_training", True):
+            msg = (
+                f"{type(self.model).__name__} is inference-only (supports_training=False); it can be "
+                "used with predict_dataset(...) but not trained."
+            )
+            raise NotImplementedError(msg)
+        train_source = BatchSource(
+            train, self.batch_size, True, self.seed, self.num_workers, "train"
+        )
+        val_source = (
+            None
+            if val is None
+            else BatchSource(val, self.batch_size, False, self.seed, self.num_workers, "val")
+        )
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            self._start(resume_from)
+            for callback in self.callbacks:
+                callback.on_fit_start(self)
+            try:
+                self._run_epochs(train_source, val_source)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                tqdm.write(
+                    f"Training interrupted after {self.epochs_run} epochs; keeping the best weights.",
+                    file=sys.stderr,
+                )
+            self._finish()
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        return self
+
+    def _start(self, resume_from: str | os.PathLike | None) -> None:
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler(self.optimizer)
+        self.history, self.epochs_run, self._bad_epochs = [], 0, 0
+        self.best_epoch = self.best_loss = None
+        self._best_state = self._last_state = None
+        self.stop_training = self.interrupted = False
+        if resume_from is None:
+            return
+        state = read_training_state(resume_from, map_location=self.device)
+        self.model.load_state_dict(state["last_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self._scaler.load_state_dict(state["scaler"])
+        self.history = [dict(row) for row in state["history"]]
+        self.epochs_run = int(state["epochs_run"])
+        self._bad_epochs = int(state["bad_epochs"])
+        self.best_epoch = state["best_epoch"]
+        self.best_loss = state["best_loss"]
+        self._best_state = state.get("best_weights")
+        torch.set_rng_state(state["rng_state"])
+        if self.epochs_run >= self.epochs:
+            msg = (
+                f"The checkpoint already ran {self.epochs_run} epochs and epochs={self.epochs}; "
+                "pass a larger epochs= to train further."
+            )
+            raise ValueError(msg)
+
+    def _run_epochs(self, train_source: BatchSource, val_source: BatchSource | None) -> None:
+        show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
+        bar = tqdm(
+            range(self.epochs_run, self.epochs), disable=not show, desc="epochs", unit="epoch",
+            initial=self.epochs_run, total=self.epochs,
+        )  # fmt: skip
+        for epoch in bar:
+            started = time.perf_counter()
+            if hasattr(self.model, "on_epoch_start"):
+                self.model.on_epoch_start(epoch)
+            row: dict[str, float] = {"epoch": epoch + 1}
+            row.update(self._train_epoch(train_source.epoch(epoch)))
+            evaluate = val_source is not None and (
+                (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
+            )
+            if evaluate:
+                row.update(self._evaluate(val_source.epoch(epoch)))
+            row["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            self.epochs_run = epoch + 1
+            monitored = row.get("val_loss") if val_source is not None else row["train_loss"]
+            if monitored is not None:
+                self._track_best(monitored, epoch + 1)
+            self._step_scheduler(monitored)
+            row["seconds"] = time.perf_counter() - started
+            self.history.append(row)
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("train_loss", "val_loss") if k in row})
+            if self.verbose:
+                parts = " ".join(
+                    f"{k}={row[k]:.4g}" for k in ("train_loss", "val_loss") if k in row
+                )
+                tqdm.write(f"epoch {epoch + 1}/{self.epochs}: {parts}", file=sys.stderr)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, row)
+            patience = self.early_stopping_patience
+            if self.stop_training or (
+                patience is not None and self._bad_epochs >= max(patience, 1)
+            ):
+                break
+        bar.close()
+
+    def _train_epoch(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        n_cells = 0
+        for batch in batches:
+            if batch["x"].shape[0] == 1 and n_cells > 0:
+                continue  # a trailing 1-cell batch breaks BatchNorm; the cell is seen in other epochs
+            batch = to_device(batch, self.device)
+            with autocast(self.device, self.autocast_dtype):
+                loss, stats, _ = self.task.compute_loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self._scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+            n = batch["x"].shape[0]
+            n_cells += n
+            self._accumulate(sums, loss.detach(), stats, n)
+        if n_cells == 0:
+            msg = "The training data yielded no batches; it is empty."
+            raise ValueError(msg)
+        return self._averages(sums, n_cells, "train")
+
+    @staticmethod
+    def _accumulate(
+        sums: dict[str, torch.Tensor], loss: torch.Tensor, stats: dict[str, torch.Tensor], n: int
+    ) -> None:
+        for key, value in {"loss": loss, **stats}.items():
+            value = value.detach().float() * n
+            sums[key] = sums[key] + value if key in sums else value
+
+    @staticmethod
+    def _averages(sums: dict[str, torch.Tensor], n_cells: int, prefix: str) -> dict[str, float]:
+        values = torch.stack(list(sums.values())).cpu() / n_cells
+        return {f"{prefix}_{key}": float(v) for key, v in zip(sums, values, strict=True)}
+
+    def _evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        n_cells = 0
+        with torch.inference_mode():
+            for batch in batches:
+                batch = to_device(batch, self.device)
+                with autocast(self.device, self.autocast_dtype):
+                    loss, stats, _ = self.task.compute_loss(self.model, batch)
+                n = batch["x"].shape[0]
+                n_cells += n
+                self._accumulate(sums, loss, stats, n)
+        if n_cells == 0:
+            msg = "The validation data yielded no batches; pass val=None instead of an empty split."
+            raise ValueError(msg)
+        return self._averages(sums, n_cells, "val")
+
+    def _track_best(self, monitored: float, epoch: int) -> None:
+        if self.best_loss is None or monitored < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self._bad_epochs = monitored, epoch, 0
+            if self.checkpoint:
+                self._best_state = self._copy_state(self._best_state)
+        else:
+            self._bad_epochs += 1
+
+    def _copy_state(self, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Copy the current weights into preallocated buffers (allocated once)."""
+        state = self.model.state_dict()
+        if into is None or into.keys() != state.keys():
+            return {key: value.detach().clone() for key, value in state.items()}
+        for key, value in state.items():
+            into[key].copy_(value)
+        return into
+
+    def _step_scheduler(self, monitored: float | None) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if monitored is not None:
+                self.scheduler.step(monitored)
+        else:
+            self.scheduler.step()
+
+    def _finish(self) -> None:
+        self._last_state = self._copy_state(None)
+        self._rng_state = torch.get_rng_state()
+        if self.checkpoint and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+
+    @property
+    def history_frame(self) -> pd.DataFrame:
+        """Training history as a DataFrame, one row per epoch.
+
+        Columns: ``epoch``, ``train_loss``, ``val_loss``, each loss component
+        (``train_<name>``, ``val_<name>``), ``lr`` and ``seconds``.
+        """
+        frame = pd.DataFrame(self.history)
+        if frame.empty:
+            return pd.DataFrame(columns=["epoch", "train_loss", "val_loss", "lr", "seconds"])
+        if "val_loss" not in frame:
+            frame["val_loss"] = np.nan
+        first = ["epoch", "train_loss", "val_loss"]
+        last = ["lr", "seconds"]
+        middle = [c for c in frame.columns if c not in first + last]
+        return frame[first + middle + last]
+
+    # ------------------------------------------------------------------ inference
+    def predict_dataset(
+        self, data: Any, *, batch_size: int | None = None, include_inputs: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Run the model over ``data`` in batches and concatenate the outputs.
+
+        Parameters
+        ----------
+        data
+            ``SplitData``, a torch ``Dataset`` of per-cell dictionaries, a
+            ``DataLoader`` or a list of batch dictionaries (not shuffled).
+        batch_size
+            Cells per batch (defaults to the trainer's ``batch_size``).
+        include_inputs
+            Also return ``x`` (and ``y``, ``batch``, ``index`` when present).
+
+        Returns
+        -------
+        Dictionary of numpy arrays in input order: the task's outputs
+        (``latent``, ``reconstruction``, ``logits``) plus ``x``, ``y``, ``batch``
+        and ``index`` as available.
+        """
+        source = BatchSource(
+            data, int(batch_size or self.batch_size), False, self.seed, self.num_workers, "predict"
+        )
+        self.model.eval()
+        parts: dict[str, list[np.ndarray]] = {}
+        with torch.inference_mode():
+            for batch in source.epoch(0):
+                device_batch = to_device(batch, self.device)
+                with autocast(self.device, self.autocast_dtype):
+                    outputs = self.task.predict(self.model, device_batch)
+                if include_inputs:
+                    outputs = {
+                        **{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)},
+                        **outputs,
+                    }
+                for key, value in outputs.items():
+                    value = value.detach()
+                    if torch.is_floating_point(value):
+                        value = value.float()
+                    parts.setdefault(key, []).append(value.cpu().numpy())
+        if not parts:
+            msg = "predict_dataset got no batches; the data is empty."
+            raise ValueError(msg)
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(
+        self,
+        path: str | os.PathLike,
+        *,
+        prepared: Any = None,
+        metadata: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        include_training_state: bool = True,
+    ) -> Path:
+        """Write the best weights as a checkpoint bundle (DESIGN §5), atomically.
+
+        Parameters
+        ----------
+        path
+            Directory to create.
+        prepared
+            The :class:`~scdlkit.data.PreparedData` the model was trained on; its
+            feature names, preprocessing and encoders are stored so that
+            predictions on new data can be made from the checkpoint alone.
+        metadata
+            Extra JSON-able information to store under ``"metadata"``.
+        overwrite
+            Replace an existing checkpoint at ``path``.
+        include_training_state
+            Also store optimizer/scheduler state and the last weights for
+            ``fit(resume_from=...)``.
+
+        Returns
+        -------
+        The checkpoint directory.
+
+        Raises
+        ------
+        RuntimeError
+            No checkpoint exists yet (``fit`` has not run).
+        FileExistsError
+            ``path`` exists and ``overwrite`` is ``False``.
+        """
+        if self._last_state is None:
+            msg = "No checkpoint exists yet: call fit(...) before save_checkpoint(...)."
+            raise RuntimeError(msg)
+        from .. import __version__
+
+        best = (
+            self._best_state
+            if self.checkpoint and self._best_state is not None
+            else self._last_state
+        )
+        model_config = getattr(self.model, "config", None) or {"name": None, "kwargs": {}}
+        config: dict[str, Any] = {
+            "scdlkit_version": __version__,
+            "model": model_config,
+            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+            "task": self.task.name,
+            "trainer": self.settings(),
+            "best_epoch": self.best_epoch,
+            "best_loss": self.best_loss,
+            "epochs_run": self.epochs_run,
+            "interrupted": self.interrupted,
+            "history": self.history_frame.to_dict(orient="list"),
+            "metadata": metadata or {},
+        }
+        if prepared is not None:
+            config["feature_names"] = list(prepared.feature_names)
+            config["preprocessing"] = prepared.preprocessing
+            for name in ("label_encoder", "batch_encoder"):
+                encoder = getattr(prepared, name)
+                config[name] = None if encoder is None else encoder.to_dict()
+        training_state = None
+        if include_training_state:
+            training_state = {
+                "last_weights": self._last_state,
+                "best_weights": self._best_state,
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self._scaler.state_dict() if self._scaler.is_enabled() else None,
+                "history": self.history,
+                "epochs_run": self.epochs_run,
+                "bad_epochs": self._bad_epochs,
+                "best_epoch": self.best_epoch,
+                "best_loss": self.best_loss,
+                "rng_state": self._rng_state,
+            }
+        return write_bundle(
+            path, config=config, weights=best, training_state=training_state, overwrite=overwrite
+        )
+
+    @classmethod
+    def load_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model: nn.Module | None = None,
+        device: str | torch.device = "auto",
+        **overrides: Any,
+    ) -> Trainer:
+        """Rebuild the model and a trainer from a checkpoint bundle.
+
+        Parameters
+        ----------
+        path
+            Directory written by :meth:`save_checkpoint`.
+        model
+            Required when the checkpoint holds a wrapped or custom module that
+            cannot be rebuilt by name: pass a module of the same architecture.
+        device
+            Where to put the model.
+        **overrides
+            Trainer settings to change (e.g. ``epochs=100`` to train further with
+            ``fit(..., resume_from=path)``).
+
+        Returns
+        -------
+        A trainer holding the best weights; its ``checkpoint_config`` attribute is
+        the bundle's ``config.json`` (feature names, preprocessing, encoders, history).
+
+        Raises
+        ------
+        FileNotFoundError
+            Missing directory or files.
+        ValueError
+            A model that cannot be rebuilt without ``model=``, or weights that do
+            not match the architecture.
+        """
+        from ..models import create_model
+
+        config = read_config(path)
+        if model is None:
+            name = config["model"].get("name")
+            if name is None:
+                msg = (
+                    f"Checkpoint {str(path)!r} holds a custom module ({config.get('model_class')}) that "
+                    "cannot be rebuilt by name; pass model=<a module of the same architecture>."
+                )
+                raise ValueError(msg)
+            model = create_model(name, **config["model"]["kwargs"])
+        weights = read_weights(path)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as error:
+            msg = f"The weights in {str(path)!r} do not fit {type(model).__name__}: {error}"
+            raise ValueError(msg) from error
+        settings = {**config["trainer"], **overrides}
+        for key in ("optimizer", "scheduler"):
+            if settings.get(key) == "custom":
+                settings.pop(key)
+        trainer = cls(model, config["task"], device=device, **settings)
+        trainer.checkpoint_config = config
+        trainer.history = [
+            {
+                k: v
+                for k, v in row.items()
+                if v is not None and not (isinstance(v, float) and math.isnan(v))
+            }
+            for row in pd.DataFrame(config["history"]).to_dict(orient="records")
+        ]
+        trainer.epochs_run = int(config["epochs_run"])
+        trainer.best_epoch, trainer.best_loss = config["best_epoch"], config["best_loss"]
+        return trainer
