@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("adapters", "data", "datasets", "models", "tasks", "train")
+_SUBMODULES = ("adapters", "data", "datasets", "models", "pl", "pp", "tasks", "tl", "train")
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from . import datasets as datasets
     from . import models as models
     from . import tasks as tasks
+    from . import tl as tl
     from . import train as train
     from .adapters import wrap_classification_module as wrap_classification_module
     from .adapters import wrap_reconstruction_module as wrap_reconstruction_module

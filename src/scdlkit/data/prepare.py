@@ -345,6 +345,7 @@ def prepare_data(
         return SplitData(
             fields.matrix, rows, transform, name=name,
             y=None if y is None else y[rows], batch=None if batch is None else batch[rows],
+            obs_names=fields.obs_names,
         )  # fmt: skip
 
     if label_encoder is not None and split_key is not None:
@@ -478,6 +479,7 @@ def transform_adata(
         except KeyError:
             continue
         encoded[role] = encoder.encode(column)
+    rows = np.arange(fields.matrix.shape[0])
     return SplitData(
-        fields.matrix, np.arange(fields.matrix.shape[0]), transform, name="all", **encoded
+        fields.matrix, rows, transform, name="all", obs_names=fields.obs_names, **encoded
     )

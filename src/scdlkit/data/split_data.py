@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -34,6 +35,8 @@ class SplitData(Dataset):
         Encoded batches aligned with ``rows``, or ``None``.
     name
         Split name, for messages.
+    obs_names
+        Names of all source rows (``obs_names[rows]`` are this split's cells), when known.
 
     Examples
     --------
@@ -53,6 +56,7 @@ class SplitData(Dataset):
         y: np.ndarray | None = None,
         batch: np.ndarray | None = None,
         name: str = "data",
+        obs_names: pd.Index | None = None,
     ) -> None:
         self.matrix = matrix
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -60,6 +64,12 @@ class SplitData(Dataset):
         self.y = None if y is None else np.asarray(y, dtype=np.int64)
         self.batch = None if batch is None else np.asarray(batch, dtype=np.int64)
         self.name = name
+        self.source_obs_names = obs_names
+
+    @property
+    def obs_names(self) -> pd.Index | None:
+        """Names of this split's cells, in split order (``None`` when unknown)."""
+        return None if self.source_obs_names is None else self.source_obs_names[self.rows]
 
     def __repr__(self) -> str:
         keys = ", ".join(k for k in ("y", "batch") if getattr(self, k) is not None) or "no labels"

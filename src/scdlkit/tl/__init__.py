@@ -1,0 +1,6 @@
+"""Tools: train models on AnnData/MuData and write their outputs back (scanpy's ``tl``)."""
+
+from ._fit import fit
+from ._predict import predict
+
+__all__ = ["fit", "predict"]
