@@ -8,11 +8,13 @@ dense float32 block of just the selected features. The source is never copied.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from .matrix import SourceMatrix, is_backed, read_row_block
 
@@ -75,26 +77,46 @@ class FeatureTransform:
         """Normalised/log-transformed ``rows`` over all source columns, kept sparse (no scaling)."""
         if not sp.issparse(block):
             return sp.csr_matrix(self._dense_values(np.asarray(block[rows], dtype=np.float32)))
-        row_ids, cols, values = self._gather(block, rows)
+        lengths, cols, values = self._gather(block, rows, select=False)
         indptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row_ids, minlength=rows.shape[0]), out=indptr[1:])
+        np.cumsum(lengths, out=indptr[1:])
         return sp.csr_matrix((values, cols, indptr), shape=(rows.shape[0], block.shape[1]))
 
-    def _gather(self, block: sp.csr_matrix, rows: np.ndarray):
-        indptr = block.indptr
-        starts = indptr[rows].astype(np.int64)
-        lengths = indptr[rows + 1].astype(np.int64) - starts
-        total = int(lengths.sum())
-        offsets = np.cumsum(lengths) - lengths
-        flat = np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
-        values = block.data[flat].astype(np.float32)
-        row_ids = np.repeat(np.arange(rows.shape[0], dtype=np.int64), lengths)
+    def _gather(self, block: sp.csr_matrix, rows: np.ndarray, *, select: bool):
+        """Return the stored entries of ``rows`` as ``(entries per row, column, float32 value)``.
+
+        One vectorised row gather (scipy's fancy row indexing, in C++), then
+        normalisation on the stored values. With ``select=True`` the entries of
+        unselected columns are dropped *before* log1p, and columns become model
+        feature positions.
+        """
+        sub = block[rows]
+        if not sp.issparse(sub) or sub.format != "csr":
+            sub = sp.csr_matrix(sub)
+        indptr = sub.indptr
+        lengths = np.diff(indptr)
+        cols = sub.indices
+        values = sub.data.astype(np.float32, copy=False)  # fresh from the gather: safe in place
         if self.normalize:
-            totals = np.bincount(row_ids, weights=values, minlength=rows.shape[0])
-            values *= self._size_factors(totals)[row_ids]
-        if self.log1p:
-            np.log1p(values, out=values)
-        return row_ids, block.indices[flat], values
+            totals = np.zeros(rows.shape[0], dtype=np.float64)
+            filled = lengths > 0
+            if values.size:
+                # integer counts: float32 sums are exact (below 2**24 per cell) and 5x faster
+                exact = sub.data.dtype.kind in "biu"
+                summed = values if exact else sub.data
+                dtype = np.float32 if exact else np.float64
+                totals[filled] = np.add.reduceat(summed, indptr[:-1][filled], dtype=dtype)
+            values *= np.repeat(self._size_factors(totals), lengths)
+        if select and self.columns is not None:
+            position = self._column_positions[cols]
+            keep = position >= 0
+            lengths = np.bincount(
+                np.repeat(np.arange(rows.shape[0]), lengths)[keep], minlength=rows.shape[0]
+            )
+            cols, values = position[keep], values[keep]
+        if self.log1p and values.size:
+            torch.from_numpy(values).log1p_()  # in place; SIMD, several times faster than numpy
+        return lengths, cols, values
 
     def _size_factors(self, totals: np.ndarray) -> np.ndarray:
         factors = np.zeros(totals.shape[0], dtype=np.float32)
@@ -103,16 +125,17 @@ class FeatureTransform:
         return factors
 
     def _sparse_rows(self, block: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-        row_ids, cols, values = self._gather(block, rows)
-        out = np.zeros((rows.shape[0], self.n_features), dtype=np.float32)
-        if self.columns is not None:
-            position = self._column_positions()[cols]
-            keep = position >= 0
-            row_ids, cols, values = row_ids[keep], position[keep], values[keep]
-        out[row_ids, cols] = values
+        lengths, cols, values = self._gather(block, rows, select=True)
+        n_features = self.n_features
+        out = np.zeros((rows.shape[0], n_features), dtype=np.float32)
+        flat = np.repeat(np.arange(0, rows.shape[0] * n_features, n_features), lengths)
+        flat += cols
+        out.ravel()[flat] = values
         return out
 
+    @functools.cached_property
     def _column_positions(self) -> np.ndarray:
+        """Model feature position of every source column (``-1`` when not selected)."""
         positions = np.full(self.n_source_features, -1, dtype=np.int64)
         positions[self.columns] = np.arange(self.columns.shape[0])
         return positions
@@ -121,7 +144,7 @@ class FeatureTransform:
         if self.normalize:
             values *= self._size_factors(values.sum(axis=1, dtype=np.float64))[:, None]
         if self.log1p:
-            np.log1p(values, out=values)
+            torch.from_numpy(values).log1p_()
         return values
 
     def _dense_rows(self, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
