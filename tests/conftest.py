@@ -237,9 +237,3 @@ def unchanged() -> Callable[[AnnData | MuData], Callable[[], None]]:
         return check
 
     return watch
-
-
-@pytest.fixture
-def kang(pbmc_kang: AnnData) -> AnnData:
-    """Alias of ``pbmc_kang``."""
-    return pbmc_kang

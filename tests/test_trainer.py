@@ -442,7 +442,7 @@ def test_wrapped_module_checkpoint_needs_module_to_load(prepared, tmp_path):
 
 def test_real_counts_dataset_trains(pbmc_kang):
     prepared = prepare_data(
-        kang, normalize=True, log1p=True, label_key="cell_type", batch_key="sample_id"
+        pbmc_kang, normalize=True, log1p=True, label_key="cell_type", batch_key="sample_id"
     )
     model = create_model("vae", input_dim=prepared.input_dim)
     trainer = Trainer(model, "representation", epochs=5, batch_size=128, device="cpu").fit(

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from . import datasets as datasets
     from . import models as models
     from . import tasks as tasks
+    from . import pl as pl
+    from . import pp as pp
     from . import tl as tl
     from . import train as train
     from .adapters import wrap_classification_module as wrap_classification_module

@@ -74,10 +74,13 @@ def as_source_matrix(matrix: object, *, source: str) -> SourceMatrix:
             stacklevel=3,
         )
         matrix = matrix.tocsr()
-    if sp.issparse(matrix) and not matrix.has_canonical_format:
-        # duplicate entries would be overwritten instead of summed when minibatches are densified
-        matrix = matrix.copy()
-        matrix.sum_duplicates()
+    if sp.issparse(matrix) and matrix.dtype == np.float16:
+        warnings.warn(
+            f"{source} is stored as float16; converting it to float32 once (this copies it).",
+            UserWarning,
+            stacklevel=3,
+        )
+        matrix = matrix.astype(np.float32)
     if not isinstance(matrix, np.ndarray | h5py.Dataset | CSRDataset) and not sp.issparse(matrix):
         msg = (
             f"{source} is a {type(matrix).__name__}, which scdlkit cannot read. Use a numpy "
@@ -135,22 +138,40 @@ class MatrixSummary:
     is_integer: bool
 
 
-def _values_of(block: np.ndarray | sp.csr_matrix) -> np.ndarray:
-    return block.data if sp.issparse(block) else np.asarray(block).ravel()
+def _value_chunks(matrix: SourceMatrix) -> Iterator[tuple[np.ndarray, np.ndarray | None, int, int]]:
+    """Yield ``(values, indptr, first_row, n_columns)`` chunks covering every stored value.
+
+    In-memory CSR is scanned through its ``data`` array in slices (no copy);
+    dense and backed matrices in row blocks (views for in-memory dense input).
+    """
+    if sp.issparse(matrix):
+        step = SCAN_BLOCK_ROWS * 512
+        for start in range(0, matrix.data.shape[0], step):
+            yield matrix.data[start : start + step], matrix.indptr, start, -1
+        return
+    for start, block in iter_row_blocks(matrix):
+        if sp.issparse(block):
+            yield block.data, block.indptr, start, -1
+        else:
+            yield np.asarray(block).ravel(), None, start, block.shape[1]
 
 
 def summarize_matrix(matrix: SourceMatrix) -> MatrixSummary:
-    """Scan ``matrix`` once, block by block, for non-finite values, minimum and integrality."""
+    """Scan ``matrix`` once for non-finite values, its minimum and integrality.
+
+    Memory stays bounded: in-memory CSR is read through slices of its ``data``
+    array, other matrices in row blocks.
+    """
     integer_dtype = np.dtype(matrix.dtype).kind in "biu"
+    n_rows, n_columns = matrix.shape
+    whole_csr = sp.issparse(matrix)
     n_nonfinite = 0
     first_bad = -1
     min_value = np.inf
     is_integer = True
-    has_implicit_zero = False
-    for start, block in iter_row_blocks(matrix):
-        values = _values_of(block)
-        if sp.issparse(block):
-            has_implicit_zero |= block.nnz < block.shape[0] * block.shape[1]
+    n_stored = 0
+    for values, indptr, offset, width in _value_chunks(matrix):
+        n_stored += values.size
         if values.size == 0:
             continue
         if integer_dtype:
@@ -160,13 +181,13 @@ def summarize_matrix(matrix: SourceMatrix) -> MatrixSummary:
         n_bad = values.size - int(np.count_nonzero(finite))
         if n_bad:
             if first_bad < 0:
-                first_position = int(np.argmin(finite))
-                if sp.issparse(block):
-                    first_bad = (
-                        start + int(np.searchsorted(block.indptr, first_position, "right")) - 1
-                    )
+                position = int(np.argmin(finite))
+                if whole_csr:
+                    first_bad = int(np.searchsorted(indptr, offset + position, "right")) - 1
+                elif indptr is None:
+                    first_bad = offset + position // width
                 else:
-                    first_bad = start + first_position // block.shape[1]
+                    first_bad = offset + int(np.searchsorted(indptr, position, "right")) - 1
             n_nonfinite += n_bad
             values = values[finite]
             if values.size == 0:
@@ -174,6 +195,6 @@ def summarize_matrix(matrix: SourceMatrix) -> MatrixSummary:
         min_value = min(min_value, float(values.min()))
         if is_integer:
             is_integer = bool(np.all(values == np.round(values)))
-    if has_implicit_zero or min_value == np.inf:
+    if n_stored < n_rows * n_columns or min_value == np.inf:
         min_value = min(min_value, 0.0)
     return MatrixSummary(n_nonfinite, first_bad, float(min_value), is_integer)

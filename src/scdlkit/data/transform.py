@@ -16,10 +16,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._kernels import KERNEL_DTYPES, gather_csr_rows, scatter_add
 from .matrix import SourceMatrix, is_backed, read_row_block
 
 #: Upper bound on the elements of one dense block built while fitting (64 MiB of float32).
 _FIT_BLOCK_ELEMENTS = 2**24
+
+
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,11 @@ class FeatureTransform:
         return factors
 
     def _sparse_rows(self, block: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+        data = block.data.view(np.uint8) if block.data.dtype == np.bool_ else block.data
+        if data.dtype in KERNEL_DTYPES:
+            return self._kernel_rows(
+                block.indptr, block.indices, data, np.asarray(rows, dtype=np.int64)
+            )
         lengths, cols, values = self._gather(block, rows, select=True)
         n_features = self.n_features
         out = np.zeros((rows.shape[0], n_features), dtype=np.float32)
@@ -132,6 +141,34 @@ class FeatureTransform:
         flat += cols
         out.ravel()[flat] = values
         return out
+
+    def _kernel_rows(
+        self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """Compiled path: gather + normalise (numba), log1p (torch, in place), scatter (numba)."""
+        n_features = self.n_features
+        capacity = int((indptr[rows + 1] - indptr[rows]).sum())
+        values = np.empty(capacity, dtype=np.float32)
+        flat = np.empty(capacity, dtype=np.int64)
+        select = self.columns is not None
+        positions = self._column_positions if select else _NO_POSITIONS
+        n = gather_csr_rows(
+            indptr, indices, data, rows, positions, select, self.normalize, float(self.target_sum),
+            n_features, values, flat,
+        )  # fmt: skip
+        if self.log1p:
+            torch.from_numpy(values[:n]).log1p_()
+        out = np.zeros(rows.shape[0] * n_features, dtype=np.float32)
+        if scatter_add(flat, values, n, out) and self.log1p:
+            # duplicate entries: sum them first, then take log1p (log1p(0) stays 0)
+            gather_csr_rows(
+                indptr, indices, data, rows, positions, select, self.normalize, float(self.target_sum),
+                n_features, values, flat,
+            )  # fmt: skip
+            out[:] = 0
+            scatter_add(flat, values, n, out)
+            torch.from_numpy(out).log1p_()
+        return out.reshape(rows.shape[0], n_features)
 
     @functools.cached_property
     def _column_positions(self) -> np.ndarray:

@@ -257,6 +257,7 @@ def predict(
         logits = _full_rows(results["logits"], data.obs_names, target_obs)
         probabilities = _softmax(np.nan_to_num(logits))
         new_record["label_categories"] = list(encoder.categories)
+        new_record.setdefault("label_key", encoder.key)
         if "logits" in requested:
             handler.stage("obsm", f"{prefix}_logits", logits)
             written.append(f"'{prefix}_logits' (obsm)")
