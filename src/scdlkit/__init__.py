@@ -43,9 +43,9 @@ if TYPE_CHECKING:
     from . import data as data
     from . import datasets as datasets
     from . import models as models
-    from . import tasks as tasks
     from . import pl as pl
     from . import pp as pp
+    from . import tasks as tasks
     from . import tl as tl
     from . import train as train
     from .adapters import wrap_classification_module as wrap_classification_module
