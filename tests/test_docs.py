@@ -24,6 +24,8 @@ REFERENCE_PAGES = [
     "pp",
     "pl",
     "cli",
+    "foundation",
+    "annotation-quickstart",
 ]
 
 

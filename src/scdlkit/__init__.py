@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("adapters", "data", "datasets", "models", "pl", "pp", "tasks", "tl", "train")
+_SUBMODULES = ("adapters", "data", "datasets", "foundation", "models", "pl", "pp", "tasks", "tl", "train")
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from . import adapters as adapters
     from . import data as data
     from . import datasets as datasets
+    from . import foundation as foundation
     from . import models as models
     from . import pl as pl
     from . import pp as pp
