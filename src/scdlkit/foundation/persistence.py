@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._atomic import atomic_directory
 from .._errors import format_names
 from .checkpoint import CheckpointIdentity
 
@@ -40,27 +39,14 @@ def write_runner_dir(
     FileExistsError
         ``path`` exists and ``overwrite`` is ``False``.
     """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        msg = f"{str(target)!r} already exists; pass overwrite=True to replace it."
-        raise FileExistsError(msg)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
+    with atomic_directory(path, overwrite=overwrite, what="Annotation runner") as folder:
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-        (temporary / MANIFEST).write_text(json.dumps(payload, indent=2, allow_nan=True))
+        (folder / MANIFEST).write_text(json.dumps(payload, indent=2, allow_nan=True))
         torch.save(
             {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-            temporary / WEIGHTS,
+            folder / WEIGHTS,
         )
-        if target.exists():
-            shutil.rmtree(target)
-        temporary.rename(target)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
-    return target
+    return Path(path)
 
 
 def read_runner_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

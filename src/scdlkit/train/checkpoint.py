@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_directory
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -64,36 +64,17 @@ def write_bundle(
     FileExistsError
         ``path`` exists and ``overwrite`` is ``False``.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        msg = (
-            f"Checkpoint {str(path)!r} already exists. Pass overwrite=True or choose another path."
-        )
-        raise FileExistsError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    temporary.mkdir()
-    try:
+    with atomic_directory(path, overwrite=overwrite, what="Checkpoint") as folder:
         text = json.dumps(
             json_safe({"format_version": FORMAT_VERSION, **config}), indent=2, allow_nan=False
         )
-        (temporary / CONFIG_FILE).write_text(text + "\n")
+        (folder / CONFIG_FILE).write_text(text + "\n")
         torch.save(
-            {key: value.detach().cpu() for key, value in weights.items()}, temporary / WEIGHTS_FILE
+            {key: value.detach().cpu() for key, value in weights.items()}, folder / WEIGHTS_FILE
         )
         if training_state is not None:
-            torch.save(training_state, temporary / TRAINING_STATE_FILE)
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(trash)
-            temporary.rename(path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            temporary.rename(path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return path
+            torch.save(training_state, folder / TRAINING_STATE_FILE)
+    return Path(path)
 
 
 def _require(path: Path, name: str) -> Path:
