@@ -15,7 +15,18 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_SUBMODULES = ("adapters", "data", "datasets", "foundation", "models", "pl", "pp", "tasks", "tl", "train")
+_SUBMODULES = (
+    "adapters",
+    "data",
+    "datasets",
+    "foundation",
+    "models",
+    "pl",
+    "pp",
+    "tasks",
+    "tl",
+    "train",
+)
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
