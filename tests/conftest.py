@@ -25,6 +25,9 @@ from mudata import MuData
 
 import scdlkit
 
+# The models in the tests are tiny: one thread avoids oversubscribing a small, shared CI machine.
+torch.set_num_threads(1)
+
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 
 TECH3_FILE = "pbmc_3tech_batches_counts.h5ad"
