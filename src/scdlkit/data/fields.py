@@ -234,6 +234,7 @@ def resolve_fields(
     label_key: str | None = None,
     batch_key: str | None = None,
     split_key: str | None = None,
+    strict: bool = True,
 ) -> Fields:
     """Resolve the matrix and ``.obs`` columns that a call means.
 
@@ -250,6 +251,9 @@ def resolve_fields(
         Read ``.raw.X`` (with ``.raw.var_names``) instead of ``.X``.
     label_key, batch_key, split_key
         Columns of ``.obs`` to return aligned to the matrix rows.
+    strict
+        Refuse empty data and duplicated feature names (training needs both);
+        ``False`` only for reporting tools such as :func:`scdlkit.pp.inspect`.
 
     Returns
     -------
@@ -282,7 +286,8 @@ def resolve_fields(
         matrix = as_source_matrix(matrix, source=source)
         obs_names = target.obs_names
     feature_names = pd.Index(feature_names.astype(str))
-    _check_shape(target, feature_names, source)
+    if strict:
+        _check_shape(target, feature_names, source)
     columns = {}
     for role, key in (("label_key", label_key), ("batch_key", batch_key), ("split_key", split_key)):
         if key is not None:

@@ -14,8 +14,8 @@ from anndata import AnnData
 from mudata import MuData
 
 from .._errors import format_names
-from ..data import resolve_fields, resolve_target
-from ..data.fields import Fields, ModSpec
+from ..data import resolve_fields
+from ..data.fields import ModSpec
 from ..data.matrix import is_backed, is_sparse, iter_row_blocks, summarize_matrix
 
 #: A class with fewer cells than this is reported (stratified splits cannot place it well).
@@ -153,65 +153,6 @@ class InspectionReport:
         else:
             lines.append("No issues found.")
         return "\n".join(lines) + "\n"
-
-
-def _feature_names(target: AnnData | MuData, mod: ModSpec, use_raw: bool) -> pd.Index:
-    """Feature names of the matrix a call would read (without resolve_fields' uniqueness check)."""
-    if isinstance(target, MuData):
-        names = [mod] if isinstance(mod, str) else list(mod)
-        return pd.Index(
-            [
-                f"{name}:{feature}"
-                for name in names
-                for feature in _var_names(target.mod[name], use_raw)
-            ]
-        )
-    return _var_names(target, use_raw)
-
-
-def _var_names(adata: AnnData, use_raw: bool) -> pd.Index:
-    if use_raw and adata.raw is not None:
-        return pd.Index(adata.raw.var_names.astype(str))
-    return pd.Index(adata.var_names.astype(str))
-
-
-def _resolve(data: AnnData | MuData, duplicates: bool, **options: Any) -> Fields:
-    """Call ``resolve_fields``; with duplicated feature names, resolve without its name check.
-
-    ``resolve_fields`` refuses duplicated names (training needs unique ones); the
-    report lists them instead, so the same matrix and columns are resolved here
-    with the helpers ``resolve_fields`` itself uses.
-    """
-    if not duplicates:
-        return resolve_fields(data, **options)
-    from ..data.fields import _single_matrix, _stack_modalities, get_obs_column
-    from ..data.matrix import as_source_matrix
-
-    mod, layer, use_raw = options["mod"], options["layer"], options["use_raw"]
-    target = resolve_target(data, mod)
-    names = [] if mod is None else [mod] if isinstance(mod, str) else list(mod)
-    if isinstance(target, MuData):
-        matrix, feature_names, obs_names, source = _stack_modalities(target, names, layer, use_raw)
-    else:
-        prefix = f"mdata.mod[{names[0]!r}]" if names else "adata"
-        matrix, feature_names, source = _single_matrix(target, layer, use_raw, prefix)
-        matrix = as_source_matrix(matrix, source=source)
-        obs_names = target.obs_names
-    columns = {
-        role: get_obs_column(data, options[role], obs_names, mod=mod, role=role)
-        for role in ("label_key", "batch_key", "split_key")
-        if options[role] is not None
-    }
-    return Fields(
-        target=target,
-        matrix=matrix,
-        feature_names=pd.Index(pd.Index(feature_names).astype(str)),
-        obs_names=pd.Index(obs_names),
-        source=source,
-        labels=columns.get("label_key"),
-        batches=columns.get("batch_key"),
-        split=columns.get("split_key"),
-    )
 
 
 def _scan(matrix: Any, n_obs: int, n_vars: int) -> tuple[float, int, int, int, int]:
@@ -457,20 +398,14 @@ def inspect(
         from ..tasks import get_task
 
         task = get_task(task).name
-    target = resolve_target(adata, mod)
-    names = _feature_names(target, mod, use_raw)
-    duplicates = names[names.duplicated()].unique()
-    options = {
-        "layer": layer,
-        "mod": mod,
-        "use_raw": use_raw,
-        "label_key": label_key,
-        "batch_key": batch_key,
-        "split_key": split_key,
-    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fields = _resolve(adata, len(duplicates) > 0, **options)
+        fields = resolve_fields(
+            adata, layer=layer, mod=mod, use_raw=use_raw, label_key=label_key,
+            batch_key=batch_key, split_key=split_key, strict=False,
+        )  # fmt: skip
+    names = fields.feature_names
+    duplicates = names[names.duplicated()].unique()
     matrix = fields.matrix
     n_obs, n_vars = int(matrix.shape[0]), int(matrix.shape[1])
     summary = summarize_matrix(matrix)
