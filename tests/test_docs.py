@@ -24,6 +24,9 @@ REFERENCE_PAGES = [
     "pp",
     "pl",
     "cli",
+    "runner",
+    "evaluation",
+    "compare",
     "foundation",
     "annotation-quickstart",
 ]

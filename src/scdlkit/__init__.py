@@ -30,7 +30,9 @@ _SUBMODULES = (
 
 #: Public name -> module that defines it (imported on first access).
 _LAZY = {
+    "TaskRunner": "scdlkit.runner",
     "Trainer": "scdlkit.train",
+    "compare_models": "scdlkit.evaluation",
     "create_model": "scdlkit.models",
     "list_models": "scdlkit.models",
     "register_model": "scdlkit.models",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from . import adapters as adapters
     from . import data as data
     from . import datasets as datasets
+    from . import evaluation as evaluation
     from . import foundation as foundation
     from . import models as models
     from . import pl as pl
@@ -68,9 +71,11 @@ if TYPE_CHECKING:
     from .data import SplitData as SplitData
     from .data import prepare_data as prepare_data
     from .data import transform_adata as transform_adata
+    from .evaluation import compare_models as compare_models
     from .models import create_model as create_model
     from .models import list_models as list_models
     from .models import register_model as register_model
+    from .runner import TaskRunner as TaskRunner
     from .tasks import get_task as get_task
     from .tasks import list_tasks as list_tasks
     from .tasks import register_task as register_task

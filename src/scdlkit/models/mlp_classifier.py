@@ -24,8 +24,12 @@ class MLPClassifier(ScdlModel):
 
     Parameters
     ----------
-    input_dim, hidden_dims, dropout, batch_norm
+    input_dim, hidden_dims, batch_norm
         As for :class:`~scdlkit.models.AutoEncoder`.
+    dropout
+        Dropout probability after every hidden activation. The default 0.3
+        (previously 0.1) curbs over-fitting on a few thousand labelled cells
+        (see ``benchmarks/quality.py``).
     num_classes
         Number of classes (required), e.g. ``prepared.label_encoder.n_categories``.
     latent_dim
@@ -53,7 +57,7 @@ class MLPClassifier(ScdlModel):
         num_classes: int,
         latent_dim: int = 32,
         hidden_dims: Sequence[int] = (256, 128),
-        dropout: float = 0.1,
+        dropout: float = 0.3,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()

@@ -7,8 +7,9 @@ Embeddings of the latent space are plotted with scanpy itself, for example
 ``sc.pl.embedding(adata, basis="scdlkit")``.
 """
 
+from ._compare import compare
 from ._confusion import confusion
 from ._history import history
 from ._reconstruction import reconstruction
 
-__all__ = ["confusion", "history", "reconstruction"]
+__all__ = ["compare", "confusion", "history", "reconstruction"]

@@ -123,7 +123,7 @@ def fit(
     key_added: str = "scdlkit",
     checkpoint_dir: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    epochs: int = 50,
+    epochs: int = 200,
     batch_size: int = 256,
     lr: float = 1e-3,
     device: str = "auto",
@@ -175,7 +175,9 @@ def fit(
         ...); ``num_classes`` is filled in from the labels for classification.
     epochs, batch_size, lr, device, seed
         Training controls (see :class:`~scdlkit.Trainer`); ``seed`` also fixes the
-        split and the initial weights.
+        split and the initial weights. ``epochs`` is an upper bound: training
+        stops early when the validation loss has not improved for
+        ``early_stopping_patience`` epochs (10 by default).
     {doc_copy}
     **trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``early_stopping_patience``,

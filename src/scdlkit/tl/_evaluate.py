@@ -1,0 +1,350 @@
+"""``scdlkit.tl.evaluate``: score a run's outputs stored in an AnnData/MuData."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from mudata import MuData
+from scanpy import logging as logg
+
+from .._docs import doc_adata, doc_copy, doc_mod, doc_params
+from .._errors import MissingKeyError
+from ..data import SplitData, get_obs_column, transform_adata
+from ._handler import DataHandler, check_writable
+from ._predict import _UNSET, _record_holder
+
+_SPLITS = ("train", "val", "test")
+_PREDICT_HINT = "Run scdlkit.tl.predict(adata, key={key!r}) first"
+
+
+def _modality_spec(
+    adata: AnnData | MuData, holder: AnnData | MuData, params: Mapping[str, Any]
+) -> Any:
+    """Return the ``mod`` that makes a :class:`DataHandler` write into ``holder``."""
+    if isinstance(adata, AnnData):
+        return None
+    if holder is adata:
+        trained_on = params.get("mod")
+        names = list(adata.mod) if trained_on is None else [str(m) for m in np.ravel(trained_on)]
+        return names
+    return next(name for name, modality in adata.mod.items() if modality is holder)
+
+
+def _read_record(holder: AnnData | MuData, key: str) -> Mapping[str, Any]:
+    record = holder.uns.get(key)
+    if not isinstance(record, Mapping) or "task" not in record:
+        msg = (
+            f"Did not find a scdlkit run under .uns[{key!r}]. Run scdlkit.tl.fit(adata, ..., "
+            f"key_added={key!r}) and scdlkit.tl.predict(adata, key={key!r}) first, or pass key= of "
+            "an earlier run."
+        )
+        raise MissingKeyError(msg)
+    return record
+
+
+def _cell_masks(
+    adata: AnnData | MuData,
+    obs_names: pd.Index,
+    *,
+    split: str | None,
+    split_column: str,
+    mod: Any,
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Return the evaluated cells, the kNN reference cells (or ``None``) and a description."""
+    if split is not None and split != "auto" and split not in _SPLITS:
+        msg = f"split must be 'auto', 'train', 'val', 'test' or None, got {split!r}."
+        raise ValueError(msg)
+    everything = np.ones(len(obs_names), dtype=bool)
+    if split is None:
+        return everything, None, "all cells"
+    try:
+        column = get_obs_column(adata, split_column, obs_names, mod=mod, role="split column")
+    except KeyError:
+        if split == "auto":
+            return everything, None, "all cells"
+        msg = (
+            f"split={split!r} needs the split column {split_column!r} written by scdlkit.tl.fit; "
+            "it is not in .obs. Pass split=None to evaluate every cell."
+        )
+        raise MissingKeyError(msg) from None
+    values = column.astype(str).str.lower().to_numpy()
+    values = np.where(np.isin(values, ("training",)), "train", values)
+    values = np.where(np.isin(values, ("validation",)), "val", values)
+    if split == "auto":
+        split = "test" if np.any(values == "test") else None
+        if split is None:
+            return everything, None, "all cells"
+    evaluated = values == split
+    if not evaluated.any():
+        msg = f"No cell of .obs[{split_column!r}] is in the {split!r} split; choose another split."
+        raise ValueError(msg)
+    reference = values == "train" if split != "train" else None
+    return evaluated, reference, f"{split} cells"
+
+
+def _checkpoint_preprocessing(record: Mapping[str, Any], key: str) -> dict[str, Any]:
+    from ..train import read_config
+
+    checkpoint = record.get("checkpoint")
+    if not checkpoint:
+        msg = f".uns[{key!r}] names no checkpoint; the model input cannot be rebuilt."
+        raise MissingKeyError(msg)
+    config = read_config(str(checkpoint))
+    preprocessing = config.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        msg = f"The checkpoint {str(checkpoint)!r} stores no preprocessing; it was not written by tl.fit."
+        raise ValueError(msg)
+    return preprocessing
+
+
+def _reconstruction_inputs(
+    adata: AnnData | MuData, holder: AnnData | MuData, record: Mapping[str, Any], key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model input and reconstruction of every cell of ``holder``, model features as columns."""
+    preprocessing = _checkpoint_preprocessing(record, key)
+    features = pd.Index([str(name) for name in preprocessing["feature_names"]])
+    name = f"{key}_reconstruction"
+    layers = getattr(holder, "layers", None)
+    if layers is not None and name in layers:
+        columns = pd.Index(holder.var_names.astype(str)).get_indexer(features)
+        matrix = layers[name]
+    elif name in holder.obsm:
+        stored = record.get("reconstruction_features")
+        stored = features if stored is None else pd.Index([str(f) for f in stored])
+        columns = stored.get_indexer(features)
+        matrix = holder.obsm[name]
+    else:
+        msg = (
+            f"Did not find the reconstruction .layers[{name!r}] or .obsm[{name!r}]. "
+            f"{_PREDICT_HINT.format(key=key)} with outputs including 'reconstruction'."
+        )
+        raise MissingKeyError(msg)
+    if (columns < 0).any():
+        msg = f"The reconstruction under key {key!r} lacks model features; run tl.predict again."
+        raise ValueError(msg)
+    reconstruction = np.asarray(matrix[:, columns], dtype=np.float32)
+    data = transform_adata(adata, preprocessing)
+    observed_rows = data.obs_names
+    observed = SplitData(data.matrix, data.rows, data.transform).to_numpy()
+    if observed_rows is not None and not observed_rows.equals(holder.obs_names):
+        aligned = np.full((holder.n_obs, observed.shape[1]), np.nan, dtype=np.float32)
+        aligned[holder.obs_names.get_indexer(observed_rows)] = observed
+        observed = aligned
+    return observed, reconstruction
+
+
+def _obsm(holder: AnnData | MuData, name: str, key: str) -> np.ndarray:
+    if name not in holder.obsm:
+        msg = f"Did not find .obsm[{name!r}]. {_PREDICT_HINT.format(key=key)}."
+        raise MissingKeyError(msg)
+    return np.asarray(holder.obsm[name], dtype=np.float64)
+
+
+def _class_order(
+    record: Mapping[str, Any], labels: np.ndarray, selected: dict[str, Any]
+) -> tuple[list[str] | None, dict[str, Any]]:
+    """Classes in training order, then true labels the model never saw (probability 0)."""
+    trained = record.get("label_categories")
+    if trained is None:
+        return None, selected
+    classes = [str(name) for name in trained]
+    extra = sorted({str(label) for label in labels} - set(classes))
+    if extra and "probabilities" in selected:
+        padding = np.zeros((selected["probabilities"].shape[0], len(extra)))
+        selected = {**selected, "probabilities": np.hstack([selected["probabilities"], padding])}
+    return classes + extra, selected
+
+
+@doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
+def evaluate(
+    adata: AnnData | MuData,
+    *,
+    key: str = "scdlkit",
+    split: Literal["auto", "train", "val", "test"] | None = "auto",
+    metrics: str | Sequence[str] | None = None,
+    label_key: str | None = None,
+    batch_key: str | None = None,
+    mod: Any = _UNSET,
+    n_neighbors: int = 15,
+    clustering: Literal["leiden", "kmeans"] = "leiden",
+    resolution: float = 1.0,
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Score the outputs of a trained model and store the metrics in ``.uns[key]["metrics"]``.
+
+    Reads what :func:`scdlkit.tl.fit` and :func:`scdlkit.tl.predict` wrote
+    under ``key`` and computes the metrics of :mod:`scdlkit.evaluation`:
+    reconstruction metrics (model input against ``.layers[f"{key}_reconstruction"]``),
+    representation metrics of ``.obsm[f"X_{key}"]`` against ``label_key`` (and
+    ``batch_key``), classification metrics of ``.obs[f"{key}_prediction"]``.
+    By default only the held-out test cells are scored; the k-nearest-neighbour
+    classifier of the representation metrics learns from the training cells.
+
+    Parameters
+    ----------
+    {doc_adata}
+    key
+        ``key_added`` of the :func:`~scdlkit.tl.fit` run.
+    split
+        Cells to score, from the run's split column (``.obs[f"{key}_split"]`` or
+        its ``split_key``): ``"auto"`` scores the test cells when there are any
+        and every cell otherwise (e.g. a query mapped with ``checkpoint=``);
+        ``"train"``, ``"val"``, ``"test"``; ``None`` scores every cell.
+    metrics
+        Metric groups: any of ``"reconstruction"``, ``"representation"``,
+        ``"classification"``. Defaults to reconstruction and representation
+        for autoencoders, classification for classifiers.
+    label_key
+        ``.obs`` column with the true labels; defaults to the run's ``label_key``.
+    batch_key
+        ``.obs`` column with batches for the batch-mixing metrics; defaults to
+        the run's ``batch_key``.
+    {doc_mod}
+        Defaults to where the run was written.
+    n_neighbors
+        Neighbours of the kNN classifier and of the Leiden graph.
+    clustering
+        ``"leiden"`` or ``"kmeans"``, for ARI/NMI against the labels.
+    resolution
+        Leiden resolution.
+    seed
+        Seed of clustering and cross-validation.
+    {doc_copy}
+
+    Returns
+    -------
+    ``None``, or the modified copy with ``copy=True``. Sets
+
+    ``.uns[key]["metrics"]`` : dict
+        Metric name → value (see :func:`~scdlkit.evaluation.reconstruction_metrics`,
+        :func:`~scdlkit.evaluation.representation_metrics`,
+        :func:`~scdlkit.evaluation.classification_metrics`); for classifiers also
+        ``classes``, ``per_class`` and ``confusion_matrix``.
+    ``.uns[key]["evaluate_params"]`` : dict
+        ``split``, ``metrics``, ``label_key``, ``batch_key``, ``n_neighbors``,
+        ``clustering``, ``resolution``, ``seed``.
+
+    Raises
+    ------
+    MissingKeyError
+        No run under ``key``, outputs that :func:`~scdlkit.tl.predict` has not
+        written, a missing label/batch/split column.
+    ValueError
+        Unknown ``split`` or ``metrics``, classification metrics without labels.
+
+    Examples
+    --------
+    >>> import scdlkit
+    >>> adata = scdlkit.datasets.pbmc68k_reduced()
+    >>> scdlkit.tl.fit(adata, "vae", use_raw=True, label_key="bulk_labels", epochs=5)
+    >>> scdlkit.tl.predict(adata)
+    >>> scdlkit.tl.evaluate(adata)
+    >>> sorted(adata.uns["scdlkit"]["metrics"])[:4]
+    ['ari', 'knn_accuracy', 'mae', 'mse']
+    """
+    from ..evaluation._task import metric_groups, output_metrics
+
+    check_writable(adata)
+    adata = adata.copy() if copy else adata
+    start = logg.info(f"evaluating scdlkit run {key!r}")
+    holder = _record_holder(adata, key, mod)
+    record = _read_record(holder, key)
+    params = record.get("params", {})
+    mod_spec = _modality_spec(adata, holder, params)
+    groups = metric_groups(str(record["task"]), metrics)
+    label_key = label_key or record.get("label_key") or params.get("label_key")
+    batch_key = batch_key or params.get("batch_key")
+    obs_names = holder.obs_names
+    evaluated, reference, where = _cell_masks(
+        adata,
+        obs_names,
+        split=split,
+        split_column=params.get("split_key") or f"{key}_split",
+        mod=mod_spec,
+    )
+
+    def column(name: str, role: str) -> np.ndarray:
+        return get_obs_column(adata, name, obs_names, mod=mod_spec, role=role).to_numpy()
+
+    labels = None if label_key is None else column(str(label_key), "label_key")
+    if "classification" in groups and labels is None:
+        msg = (
+            f"Classification metrics need the true labels: the run under {key!r} names no "
+            "label_key; pass label_key=."
+        )
+        raise ValueError(msg)
+    batches = None if batch_key is None else column(str(batch_key), "batch_key")
+    inputs: dict[str, Any] = {}
+    if "reconstruction" in groups:
+        inputs["observed"], inputs["reconstruction"] = _reconstruction_inputs(
+            adata, holder, record, key
+        )
+    if "representation" in groups:
+        inputs["latent"] = _obsm(holder, f"X_{key}", key)
+    if "classification" in groups:
+        name = f"{key}_prediction"
+        if name not in holder.obs.columns:
+            msg = f"Did not find .obs[{name!r}]. {_PREDICT_HINT.format(key=key)}."
+            raise MissingKeyError(msg)
+        inputs["predictions"] = holder.obs[name].to_numpy(dtype=object)
+        probabilities = f"{key}_probabilities"
+        if probabilities in holder.obsm and "label_categories" in record:
+            inputs["probabilities"] = _obsm(holder, probabilities, key)
+    with_result = np.ones(len(obs_names), dtype=bool)
+    for name, values in inputs.items():
+        if name == "predictions":
+            with_result &= pd.notna(values)
+        else:
+            with_result &= np.isfinite(values).all(axis=1)
+    if labels is not None:
+        with_result &= pd.notna(labels)
+    evaluated &= with_result
+    if not evaluated.any():
+        msg = f"None of the {where} has a result under key {key!r}; run scdlkit.tl.predict first."
+        raise ValueError(msg)
+    selected = {name: values[evaluated] for name, values in inputs.items()}
+    if reference is not None and labels is not None and "latent" in inputs:
+        reference &= with_result
+        selected["reference_latent"] = inputs["latent"][reference]
+        selected["reference_labels"] = labels[reference]
+    classes = None
+    if "classification" in groups:
+        classes, selected = _class_order(record, labels[evaluated], selected)
+    result = output_metrics(
+        groups,
+        labels=None if labels is None else labels[evaluated],
+        batches=None if batches is None else batches[evaluated],
+        classes=classes,
+        n_neighbors=n_neighbors,
+        clustering=clustering,
+        resolution=resolution,
+        seed=seed,
+        **selected,
+    )
+
+    new_record = dict(record)
+    new_record["metrics"] = result
+    new_record["evaluate_params"] = {
+        "split": where,
+        "metrics": list(groups),
+        "label_key": label_key,
+        "batch_key": batch_key,
+        "n_neighbors": n_neighbors,
+        "clustering": clustering,
+        "resolution": resolution,
+        "seed": seed,
+    }
+    handler = DataHandler(adata, mod_spec)
+    handler.stage("uns", key, new_record)
+    handler.commit()
+    logg.info(
+        f"    finished: {len(result)} metrics on {int(evaluated.sum())} {where}",
+        time=start,
+        deep=f"added 'metrics' to uns[{key!r}]",
+    )
+    return adata if copy else None
