@@ -266,7 +266,9 @@ def test_torch_dataset_of_dicts_and_lists_of_batches_work():
     x = torch.randn(200, 12, generator=generator)
     y = (x[:, 0] > 0).long()
     dataset = _CellDataset(x, y)
-    model = create_model("mlp_classifier", input_dim=12, num_classes=2, hidden_dims=(16,))
+    model = create_model(
+        "mlp_classifier", input_dim=12, num_classes=2, hidden_dims=(16,), dropout=0.0
+    )
     trainer = Trainer(model, "classification", epochs=15, batch_size=32, device="cpu")
     trainer.fit(dataset, dataset)
     out = trainer.predict_dataset(dataset)
