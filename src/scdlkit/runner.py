@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +16,11 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from ._atomic import atomic_directory
 from ._errors import format_names
 from .data import CategoryEncoder, PreparedData, SplitData, get_obs_column, transform_adata
 from .data.fields import ModSpec
+from .train.checkpoint import json_safe
 
 #: Default number of epochs (early stopping usually ends training sooner).
 DEFAULT_EPOCHS = 200
@@ -331,7 +332,7 @@ class TaskRunner:
             prepared=prepared,
             overwrite=True,
             include_training_state=False,
-            metadata={"runner": _json_safe(self.get_params())},
+            metadata={"runner": json_safe(self.get_params())},
         )
         return self
 
@@ -769,13 +770,7 @@ class TaskRunner:
         from . import __version__
 
         self._check_fitted("save()")
-        path = Path(path)
-        if path.exists() and not overwrite:
-            msg = f"{str(path)!r} already exists; pass overwrite=True to replace it."
-            raise FileExistsError(msg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_directory(path, overwrite=overwrite, what="Runner folder") as staging:
             shutil.copytree(self.checkpoint_, staging / _CHECKPOINT)
             payload = {
                 "format": "scdlkit.TaskRunner",
@@ -784,12 +779,8 @@ class TaskRunner:
                 "metrics": self.metrics_,
                 "fit_seconds": self.fit_seconds_,
             }
-            (staging / _RUNNER_FILE).write_text(json.dumps(_json_safe(payload), indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            (staging / _RUNNER_FILE).write_text(json.dumps(json_safe(payload), indent=2))
+        path = Path(path)
         return path
 
     @classmethod
@@ -846,9 +837,3 @@ def _stack(blocks: list[Any]) -> Any:
     if any(sp.issparse(block) for block in blocks):
         return sp.vstack([sp.csr_matrix(block) for block in blocks], format="csr")
     return np.concatenate([np.asarray(block) for block in blocks])
-
-
-def _json_safe(value: Any) -> Any:
-    from .train.checkpoint import json_safe
-
-    return json_safe(value)
