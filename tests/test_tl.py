@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+from anndata.abc import CSRDataset
 import mudata as md
 import numpy as np
 import pandas as pd
@@ -300,3 +301,18 @@ def test_backed_anndata_fit_and_predict(synthetic, tmp_path):
     _fit(memory, normalize=True, log1p=True, epochs=2, key_added="mem")
     scdlkit.tl.predict(memory, key="mem", outputs="latent")
     np.testing.assert_allclose(backed.obsm["X_scdlkit"], memory.obsm["X_mem"], rtol=1e-4, atol=1e-5)
+
+
+def test_predict_on_backed_anndata_keeps_x_on_disk(synthetic, tmp_path):
+    path = tmp_path / "counts.h5ad"
+    synthetic.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    _fit(backed, normalize=True, log1p=True, epochs=1)
+    scdlkit.tl.predict(backed)  # default outputs: no dense reconstruction for backed data
+    assert backed.isbacked and isinstance(backed.X, CSRDataset)
+    assert backed.obsm["X_scdlkit"].shape == (synthetic.n_obs, 32)
+    assert "scdlkit_reconstruction" not in backed.layers
+    assert backed.uns["scdlkit"]["outputs"] == ["latent"]
+    scdlkit.tl.predict(backed, outputs=["latent", "reconstruction"], key_added="full")
+    assert backed.layers["full_reconstruction"].shape == synthetic.shape
+    backed.file.close()

@@ -5,6 +5,12 @@ Each batch is the dictionary of DESIGN §2: ``x`` (float32, cells x features),
 In-memory matrices are indexed directly with the batch's rows. Backed
 matrices are read in contiguous row blocks, visited in shuffled order and
 shuffled inside each block, so memory is bounded by the block size.
+
+For multi-process training each process (rank) iterates over its own shard of
+the epoch's order: a contiguous slice, so a rank of a backed run reads only its
+share of the blocks. With ``even_shards=True`` the order is padded by wrapping
+around (as :class:`torch.utils.data.DistributedSampler` does), so every rank
+runs the same number of steps.
 """
 
 from __future__ import annotations
@@ -28,6 +34,32 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def shard(order: np.ndarray, rank: int, num_replicas: int, *, even: bool) -> np.ndarray:
+    """Return rank ``rank``'s contiguous slice of ``order`` out of ``num_replicas``.
+
+    With ``even=True`` the order is first padded by wrapping around so that every
+    rank gets ``ceil(n / num_replicas)`` entries; otherwise the slices differ in
+    length by at most one and together hold every entry once.
+
+    Examples
+    --------
+    >>> shard(np.arange(5), 1, 2, even=True)
+    array([3, 4, 0])
+    >>> shard(np.arange(5), 1, 2, even=False)
+    array([3, 4])
+    """
+    if num_replicas == 1:
+        return order
+    n = order.shape[0]
+    if even:
+        per_rank = -(-n // num_replicas)
+        if n and n < per_rank * num_replicas:
+            order = np.resize(order, per_rank * num_replicas)  # repeats from the start
+        return order[rank * per_rank : (rank + 1) * per_rank]
+    bounds = np.linspace(0, n, num_replicas + 1).round().astype(np.int64)
+    return order[bounds[rank] : bounds[rank + 1]]
+
+
 class MinibatchLoader:
     """Iterate over a :class:`~scdlkit.data.SplitData` in minibatch dictionaries.
 
@@ -46,6 +78,13 @@ class MinibatchLoader:
     block_rows
         For backed matrices: source rows read from disk at once. Defaults to
         ``max(64 * batch_size, 8192)``.
+    num_replicas, rank
+        Number of processes sharing the epoch and this process's rank (set by
+        the :class:`~scdlkit.Trainer` under ``torchrun``); every rank must use
+        the same ``seed``.
+    even_shards
+        Pad the epoch by wrapping around so that every rank gets the same number
+        of cells (training); ``False`` visits every cell exactly once (evaluation).
 
     Examples
     --------
@@ -66,9 +105,15 @@ class MinibatchLoader:
         drop_last: bool = False,
         seed: int = 0,
         block_rows: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = True,
     ) -> None:
         if int(batch_size) < 1:
             msg = f"batch_size must be a positive integer, got {batch_size!r}."
+            raise ValueError(msg)
+        if int(num_replicas) < 1 or not 0 <= int(rank) < int(num_replicas):
+            msg = f"rank must be in [0, num_replicas), got rank={rank!r}, num_replicas={num_replicas!r}."
             raise ValueError(msg)
         self.split = split
         self.batch_size = int(batch_size)
@@ -77,14 +122,24 @@ class MinibatchLoader:
         self.seed = seed
         self.epoch = 0
         self.block_rows = block_rows or max(64 * self.batch_size, 8192)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.even_shards = even_shards
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling order of ``epoch`` (called by the Trainer every epoch)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self._n_cells()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _n_cells(self) -> int:
+        """Cells this rank visits per epoch."""
+        n = len(self.split)
+        if self.num_replicas == 1:
+            return n
+        return shard(np.empty(n), self.rank, self.num_replicas, even=self.even_shards).shape[0]
 
     def __iter__(self) -> Iterator[Batch]:
         if is_backed(self.split.matrix):
@@ -94,7 +149,8 @@ class MinibatchLoader:
     def _iter_in_memory(self) -> Iterator[Batch]:
         n = len(self.split)
         order = epoch_rng(self.seed, self.epoch).permutation(n) if self.shuffle else np.arange(n)
-        stop = len(self) * self.batch_size if self.drop_last else n
+        order = shard(order, self.rank, self.num_replicas, even=self.even_shards)
+        stop = len(self) * self.batch_size if self.drop_last else order.shape[0]
         matrix, transform = self.split.matrix, self.split.transform
         for start in range(0, stop, self.batch_size):
             positions = order[start : start + self.batch_size]
@@ -102,32 +158,53 @@ class MinibatchLoader:
             yield self.split.batch_dict(transform.transform_rows(matrix, rows), positions)
 
     def _iter_blocks(self) -> Iterator[Batch]:
-        rng = epoch_rng(self.seed, self.epoch)
         rows = self.split.rows
-        n = rows.shape[0]
-        sorted_positions = np.argsort(rows, kind="stable")
-        chunks = [sorted_positions[s : s + self.block_rows] for s in range(0, n, self.block_rows)]
-        if self.shuffle:
-            chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+        order, block_of = self._block_order()
+        if self.drop_last:
+            keep = len(self) * self.batch_size
+            order, block_of = order[:keep], block_of[:keep]
+        transform = self.split.transform
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         pending = 0
-        transform = self.split.transform
-        for chunk in chunks:
-            if self.shuffle:
-                chunk = chunk[rng.permutation(chunk.shape[0])]
-            low = int(rows[chunk].min())
-            block = read_row_block(self.split.matrix, low, int(rows[chunk].max()) + 1)
+        # runs of consecutive positions from the same block: one contiguous read each
+        starts = np.flatnonzero(np.diff(block_of, prepend=-1))
+        for begin, end in zip(starts, [*starts[1:], order.shape[0]], strict=True):
+            run = order[begin:end]
+            low = int(rows[run].min())
+            block = read_row_block(self.split.matrix, low, int(rows[run].max()) + 1)
             cursor = 0
-            while cursor < chunk.shape[0]:
-                take = chunk[cursor : cursor + self.batch_size - pending]
+            while cursor < run.shape[0]:
+                take = run[cursor : cursor + self.batch_size - pending]
                 cursor += take.shape[0]
                 parts.append((transform.transform_rows(block, rows[take] - low), take))
                 pending += take.shape[0]
                 if pending == self.batch_size:
                     yield self._join(parts)
                     parts, pending = [], 0
-        if parts and not self.drop_last:
+        if parts:
             yield self._join(parts)
+
+    def _block_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return this rank's positions in visiting order and the block of each."""
+        rng = epoch_rng(self.seed, self.epoch)
+        n = len(self.split)
+        sorted_positions = np.argsort(self.split.rows, kind="stable")
+        n_blocks = -(-n // self.block_rows)
+        visit = rng.permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
+        chunks, block_of = [], []
+        for block in visit:
+            chunk = sorted_positions[block * self.block_rows : (block + 1) * self.block_rows]
+            if self.shuffle:
+                chunk = chunk[rng.permutation(chunk.shape[0])]
+            chunks.append(chunk)
+            block_of.append(np.full(chunk.shape[0], block, dtype=np.int64))
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        order, block_of = np.concatenate(chunks), np.concatenate(block_of)
+        if self.num_replicas > 1:
+            indices = shard(np.arange(n), self.rank, self.num_replicas, even=self.even_shards)
+            order, block_of = order[indices], block_of[indices]
+        return order, block_of
 
     def _join(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
         if len(parts) == 1:

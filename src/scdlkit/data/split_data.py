@@ -121,11 +121,15 @@ class SplitData(Dataset):
         drop_last: bool = False,
         seed: int = 0,
         block_rows: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_shards: bool = True,
     ) -> MinibatchLoader:
         """Return a :class:`~scdlkit.data.MinibatchLoader` over these cells (see its parameters)."""
         return MinibatchLoader(
-            self, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, block_rows=block_rows
-        )
+            self, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, block_rows=block_rows,
+            num_replicas=num_replicas, rank=rank, even_shards=even_shards,
+        )  # fmt: skip
 
     def to_numpy(self) -> np.ndarray:
         """All cells as one dense float32 array (cells x features), in split order.

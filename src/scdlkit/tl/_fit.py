@@ -181,7 +181,12 @@ def fit(
     {doc_copy}
     **trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``early_stopping_patience``,
-        ``weight_decay``, ``scheduler``, ``mixed_precision``, ``progress``, ...).
+        ``weight_decay``, ``scheduler``, ``mixed_precision``, ``prefetch``,
+        ``compile_model``, ``strategy``, ``progress``, ...). Started by
+        ``torchrun --nproc_per_node=N script.py``, the same call trains with
+        ``DistributedDataParallel`` (one shard of the training cells per
+        process); rank 0 alone writes the checkpoint and the record in
+        ``adata``, the other ranks return without changing it.
 
     Returns
     -------
@@ -228,6 +233,13 @@ def fit(
         **trainer_kwargs,
     )  # fmt: skip
     trainer.fit(prepared.train, prepared.val)
+    if not trainer.is_main_process:
+        logg.info(
+            f"    rank {trainer.distributed.rank}: training finished; rank 0 writes the checkpoint "
+            "and the AnnData record",
+            time=start,
+        )
+        return adata if copy else None
 
     params = {
         "model": model if isinstance(model, str) else type(model).__name__,

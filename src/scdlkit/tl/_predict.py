@@ -16,6 +16,7 @@ from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._errors import MissingKeyError, format_names
 from ..data import CategoryEncoder, transform_adata
 from ..data.fields import ModSpec
+from ..train.distributed import is_main_process
 from ._handler import DataHandler, check_writable
 
 #: What ``outputs=`` may ask for, and the model output each one needs.
@@ -170,6 +171,9 @@ def predict(
         by name: a module of the same architecture.
     {doc_copy}
 
+    Under ``torchrun`` only rank 0 predicts and writes; other ranks return
+    without changing ``adata``.
+
     Returns
     -------
     ``None``, or the modified copy with ``copy=True``. Sets, with
@@ -205,10 +209,15 @@ def predict(
 
     check_writable(adata)
     adata = adata.copy() if copy else adata
+    if not is_main_process():
+        logg.info("tl.predict: skipped on this rank; rank 0 of the torchrun job writes the outputs")
+        return adata if copy else None
     prefix = key_added or key
     start = logg.info(f"predicting with scdlkit run {key!r}")
     path, record = _find_checkpoint(_record_holder(adata, key, mod), key, checkpoint)
-    trainer = Trainer.load_checkpoint(path, device=device, model=model, progress=False)
+    trainer = Trainer.load_checkpoint(
+        path, device=device, model=model, progress=False, strategy="single"
+    )
     config = trainer.checkpoint_config
     if "preprocessing" not in config:
         msg = (
@@ -222,11 +231,20 @@ def predict(
         mod = None
     handler = DataHandler(adata, mod)
     requested = _check_outputs(outputs, config["task"])
+    if outputs is None and getattr(handler.target, "isbacked", False) and "reconstruction" in requested:
+        requested = tuple(name for name in requested if name != "reconstruction")
+        logg.info(
+            "    backed AnnData: the reconstruction (dense cells x genes) is not computed by default; "
+            "pass outputs=[..., 'reconstruction'] to write it"
+        )
     data = transform_adata(
         adata, preprocessing, layer=preprocessing.get("layer") if layer is _UNSET else layer, mod=mod,
         use_raw=bool(preprocessing.get("use_raw")),
     )  # fmt: skip
-    results = trainer.predict_dataset(data, batch_size=batch_size, include_inputs=False)
+    results = trainer.predict_dataset(
+        data, batch_size=batch_size, include_inputs=False,
+        outputs={OUTPUTS[name] for name in requested},
+    )  # fmt: skip
     missing = sorted({OUTPUTS[name] for name in requested} - set(results))
     if missing:
         msg = f"The model does not produce {format_names(missing)}; it produces {format_names(results)}."

@@ -3,6 +3,7 @@
 from .callbacks import Callback
 from .checkpoint import read_config
 from .device import resolve_device
+from .distributed import is_main_process
 from .trainer import Trainer
 
-__all__ = ["Callback", "Trainer", "read_config", "resolve_device"]
+__all__ = ["Callback", "Trainer", "is_main_process", "read_config", "resolve_device"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data import MinibatchLoader, SplitData
 
@@ -34,6 +34,11 @@ class BatchSource:
         Worker processes for a plain ``Dataset`` (passed to ``DataLoader``).
     role
         ``"train"``, ``"val"`` or ``"predict"``, for messages.
+    num_replicas, rank
+        Under DDP: the number of ranks and this rank. ``SplitData`` and plain
+        ``Dataset`` inputs are sharded (training shards are padded to equal
+        length); ``DataLoader``/``MinibatchLoader``/lists are used as given, so
+        shard those yourself (e.g. with a ``DistributedSampler``).
     """
 
     data: Any
@@ -42,11 +47,16 @@ class BatchSource:
     seed: int
     num_workers: int = 0
     role: str = "train"
+    num_replicas: int = 1
+    rank: int = 0
 
     def __post_init__(self) -> None:
         data = self.data
         if isinstance(data, SplitData):
-            self._loader = data.loader(self.batch_size, shuffle=self.shuffle, seed=self.seed)
+            self._loader = data.loader(
+                self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                num_replicas=self.num_replicas, rank=self.rank, even_shards=self.role == "train",
+            )  # fmt: skip
         elif isinstance(data, MinibatchLoader | DataLoader):
             self._loader = data
         elif isinstance(data, Dataset) and hasattr(data, "__len__"):
@@ -70,7 +80,15 @@ class BatchSource:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Batches of ``epoch`` as dictionaries of tensors."""
         loader = self._loader
-        if loader is None:
+        if loader is None and self.num_replicas > 1:
+            sampler = DistributedSampler(
+                self.data, self.num_replicas, self.rank, shuffle=self.shuffle, seed=self.seed
+            )
+            sampler.set_epoch(epoch)
+            loader = DataLoader(
+                self.data, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers
+            )
+        elif loader is None:
             generator = torch.Generator().manual_seed(
                 int(np.random.default_rng([self.seed, epoch]).integers(2**62))
             )
@@ -83,6 +101,8 @@ class BatchSource:
             )
         elif hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
+        elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)  # a user's DistributedSampler
         for batch in loader:
             yield as_batch_dict(batch, role=self.role)
 

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batches import BatchSource, to_device
 from .callbacks import Callback
 from .checkpoint import read_config, read_training_state, read_weights, write_bundle
 from .device import autocast, autocast_dtype, resolve_device
+from .prefetch import prefetch as prefetch_batches
 
 OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerSpec = str | Callable[[torch.optim.Optimizer], Any] | None
@@ -34,9 +36,9 @@ def _positive(name: str, value: float, *, integer: bool = False, allow_zero: boo
     if ok and integer:
         ok = float(value).is_integer()
     if not ok:
-        kind = "integer" if integer else "number"
+        kind = "an integer" if integer else "a number"
         bound = ">= 0" if allow_zero else "> 0"
-        msg = f"{name} must be a {kind} {bound}, got {value!r}."
+        msg = f"{name} must be {kind} {bound}, got {value!r}."
         raise ValueError(msg)
 
 
@@ -87,8 +89,25 @@ class Trainer:
         the same initial weights are bit-for-bit identical.
     val_every
         Evaluate on the validation data every this many epochs (and at the last).
+    eval_batch_size
+        Cells per batch for validation and :meth:`predict_dataset` (no gradients
+        are kept, so larger batches are faster); defaults to ``4 * batch_size``.
     num_workers
         Worker processes for plain torch ``Dataset`` inputs.
+    prefetch
+        Minibatches a background thread prepares ahead while the model computes
+        (``0``: none). ``"auto"`` prefetches 2 on CUDA (with pinned memory and
+        non-blocking copies) and none on CPU, where torch already uses the cores.
+    compile_model
+        Run the model through :func:`torch.compile` (opt-in: the first batches
+        pay the compilation, seconds to minutes; later ones run faster on GPUs).
+    strategy
+        ``"auto"`` trains with ``DistributedDataParallel`` when the process was
+        started by ``torchrun`` with several processes (``--nproc_per_node``),
+        and in this process otherwise; ``"ddp"`` requires ``torchrun``;
+        ``"single"`` never distributes. Under DDP every rank trains on its shard
+        of the training data (``batch_size`` is per rank), losses are summed over
+        ranks, and only rank 0 writes checkpoints (see :doc:`/distributed`).
     progress
         Show a tqdm progress bar; ``None`` shows it only in an interactive terminal.
     callbacks
@@ -128,7 +147,11 @@ class Trainer:
         checkpoint: bool = True,
         seed: int = 42,
         val_every: int = 1,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
+        prefetch: int | str = "auto",
+        compile_model: bool = False,
+        strategy: str = "auto",
         progress: bool | None = None,
         callbacks: Sequence[Callback] = (),
         verbose: bool = False,
@@ -153,6 +176,10 @@ class Trainer:
             )
         if grad_clip is not None:
             _positive("grad_clip", grad_clip)
+        if eval_batch_size is not None:
+            _positive("eval_batch_size", eval_batch_size, integer=True)
+        if prefetch != "auto":
+            _positive("prefetch", prefetch, integer=True, allow_zero=True)
         if isinstance(optimizer, str) and optimizer not in _OPTIMIZERS:
             msg = (
                 f"Unknown optimizer {optimizer!r}; use one of {sorted(_OPTIMIZERS)} or a callable."
@@ -161,7 +188,9 @@ class Trainer:
         if isinstance(scheduler, str) and scheduler not in _SCHEDULERS:
             msg = f"Unknown scheduler {scheduler!r}; use one of {list(_SCHEDULERS)}, None or a callable."
             raise ValueError(msg)
-        self.device = resolve_device(device)
+        use_ddp = distributed.wants_distributed(strategy)
+        self.device = resolve_device(distributed.local_device(device) if use_ddp else device)
+        self.distributed = distributed.setup(self.device) if use_ddp else None
         self.autocast_dtype = autocast_dtype(self.device, mixed_precision)
         self.model = model.to(self.device)
         self.epochs = int(epochs)
@@ -177,7 +206,13 @@ class Trainer:
         self.checkpoint = bool(checkpoint)
         self.seed = int(seed)
         self.val_every = int(val_every)
+        self.eval_batch_size = int(eval_batch_size or 4 * self.batch_size)
         self.num_workers = int(num_workers)
+        if prefetch == "auto":
+            prefetch = 2 if self.device.type == "cuda" else 0
+        self.prefetch = int(prefetch)
+        self.compile_model = bool(compile_model)
+        self.strategy = strategy
         self.progress = progress
         self.callbacks = list(callbacks)
         self.verbose = verbose
@@ -195,15 +230,23 @@ class Trainer:
         self._best_state: dict[str, torch.Tensor] | None = None
         self._last_state: dict[str, torch.Tensor] | None = None
         self._rng_state: torch.Tensor | None = None
+        self._forward_model: nn.Module = self.model
+        self._compiled_for_inference: nn.Module | None = None
         self._scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.autocast_dtype == torch.float16
         )
 
     def __repr__(self) -> str:
+        ranks = "" if self.distributed is None else f", ddp={self.distributed.world_size} ranks"
         return (
-            f"Trainer({type(self.model).__name__}, task={self.task.name!r}, device={self.device.type!r}, "
-            f"epochs_run={self.epochs_run}/{self.epochs})"
+            f"Trainer({type(self.model).__name__}, task={self.task.name!r}, device={self.device.type!r}"
+            f"{ranks}, epochs_run={self.epochs_run}/{self.epochs})"
         )
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes checkpoints (always, except ranks > 0 under DDP)."""
+        return self.distributed is None or self.distributed.is_main
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
@@ -286,17 +329,17 @@ class Trainer:
                 "used with predict_dataset(...) but not trained."
             )
             raise NotImplementedError(msg)
-        train_source = BatchSource(
-            train, self.batch_size, True, self.seed, self.num_workers, "train"
-        )
+        train_source = self._source(train, self.batch_size, shuffle=True, role="train")
         val_source = (
             None
             if val is None
-            else BatchSource(val, self.batch_size, False, self.seed, self.num_workers, "val")
+            else self._source(val, self.eval_batch_size, shuffle=False, role="val")
         )
+        self._forward_model = self._training_module()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+            rank = 0 if self.distributed is None else self.distributed.rank
+            torch.manual_seed(self.seed + rank)  # ranks draw different dropout/noise
             self._start(resume_from)
             for callback in self.callbacks:
                 callback.on_fit_start(self)
@@ -312,6 +355,28 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self
+
+    def _source(self, data: Any, batch_size: int, *, shuffle: bool, role: str) -> BatchSource:
+        ddp = self.distributed
+        return BatchSource(
+            data, batch_size, shuffle, self.seed, self.num_workers, role,
+            num_replicas=1 if ddp is None else ddp.world_size, rank=0 if ddp is None else ddp.rank,
+        )  # fmt: skip
+
+    def _training_module(self) -> nn.Module:
+        """Return the module forward passes go through: DDP- and/or compile-wrapped as asked."""
+        module: nn.Module = self.model
+        if self.distributed is not None:
+            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        if self.compile_model:
+            module = torch.compile(module)
+        return module
+
+    def _batches(self, source: BatchSource, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+        return prefetch_batches(
+            source.epoch(epoch), self.prefetch, pin_memory=self.device.type == "cuda"
+        )
 
     def _start(self, resume_from: str | os.PathLike | None) -> None:
         self.optimizer = self._build_optimizer()
@@ -354,12 +419,12 @@ class Trainer:
             if hasattr(self.model, "on_epoch_start"):
                 self.model.on_epoch_start(epoch)
             row: dict[str, float] = {"epoch": epoch + 1}
-            row.update(self._train_epoch(train_source.epoch(epoch)))
+            row.update(self._train_epoch(self._batches(train_source, epoch)))
             evaluate = val_source is not None and (
                 (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
             )
             if evaluate:
-                row.update(self._evaluate(val_source.epoch(epoch)))
+                row.update(self._evaluate(self._batches(val_source, epoch)))
             row["lr"] = float(self.optimizer.param_groups[0]["lr"])
             self.epochs_run = epoch + 1
             monitored = row.get("val_loss") if val_source is not None else row["train_loss"]
@@ -392,7 +457,7 @@ class Trainer:
                 continue  # a trailing 1-cell batch breaks BatchNorm; the cell is seen in other epochs
             batch = to_device(batch, self.device)
             with autocast(self.device, self.autocast_dtype):
-                loss, stats, _ = self.task.compute_loss(self.model, batch)
+                loss, stats, _ = self.task.compute_loss(self._forward_model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self._scaler.scale(loss).backward()
             if self.grad_clip is not None:
@@ -403,10 +468,11 @@ class Trainer:
             n = batch["x"].shape[0]
             n_cells += n
             self._accumulate(sums, loss.detach(), stats, n)
+        totals, n_cells = self._reduce(sums, n_cells)
         if n_cells == 0:
             msg = "The training data yielded no batches; it is empty."
             raise ValueError(msg)
-        return self._averages(sums, n_cells, "train")
+        return {f"train_{key}": value / n_cells for key, value in totals.items()}
 
     @staticmethod
     def _accumulate(
@@ -416,10 +482,13 @@ class Trainer:
             value = value.detach().float() * n
             sums[key] = sums[key] + value if key in sums else value
 
-    @staticmethod
-    def _averages(sums: dict[str, torch.Tensor], n_cells: int, prefix: str) -> dict[str, float]:
-        values = torch.stack(list(sums.values())).cpu() / n_cells
-        return {f"{prefix}_{key}": float(v) for key, v in zip(sums, values, strict=True)}
+    def _reduce(self, sums: dict[str, torch.Tensor], n_cells: int) -> tuple[dict[str, float], int]:
+        """Per-epoch loss sums as floats (one device sync), summed over ranks under DDP."""
+        values = torch.stack(list(sums.values())).cpu().tolist() if sums else []
+        totals = dict(zip(sums, values, strict=True))
+        if self.distributed is not None:
+            totals, n_cells = distributed.sum_across_ranks(totals, n_cells)
+        return totals, n_cells
 
     def _evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         self.model.eval()
@@ -429,14 +498,15 @@ class Trainer:
             for batch in batches:
                 batch = to_device(batch, self.device)
                 with autocast(self.device, self.autocast_dtype):
-                    loss, stats, _ = self.task.compute_loss(self.model, batch)
+                    loss, stats, _ = self.task.compute_loss(self._forward_model, batch)
                 n = batch["x"].shape[0]
                 n_cells += n
                 self._accumulate(sums, loss, stats, n)
+        totals, n_cells = self._reduce(sums, n_cells)
         if n_cells == 0:
             msg = "The validation data yielded no batches; pass val=None instead of an empty split."
             raise ValueError(msg)
-        return self._averages(sums, n_cells, "val")
+        return {f"val_{key}": value / n_cells for key, value in totals.items()}
 
     def _track_best(self, monitored: float, epoch: int) -> None:
         if self.best_loss is None or monitored < self.best_loss - self.min_delta:
@@ -489,7 +559,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ inference
     def predict_dataset(
-        self, data: Any, *, batch_size: int | None = None, include_inputs: bool = True
+        self,
+        data: Any,
+        *,
+        batch_size: int | None = None,
+        include_inputs: bool = True,
+        outputs: Collection[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model over ``data`` in batches and concatenate the outputs.
 
@@ -502,6 +577,9 @@ class Trainer:
             Cells per batch (defaults to the trainer's ``batch_size``).
         include_inputs
             Also return ``x`` (and ``y``, ``batch``, ``index`` when present).
+        outputs
+            Keep only these task outputs (e.g. ``{"latent"}``), so that a large
+            reconstruction is never collected; ``None`` keeps all of them.
 
         Returns
         -------
@@ -510,29 +588,42 @@ class Trainer:
         and ``index`` as available.
         """
         source = BatchSource(
-            data, int(batch_size or self.batch_size), False, self.seed, self.num_workers, "predict"
-        )
+            data, int(batch_size or self.eval_batch_size), False, self.seed, self.num_workers,
+            "predict",
+        )  # fmt: skip
         self.model.eval()
+        model = self._inference_module()
         parts: dict[str, list[np.ndarray]] = {}
+        n_batches = 0
         with torch.inference_mode():
-            for batch in source.epoch(0):
+            for batch in self._batches(source, 0):
+                n_batches += 1
                 device_batch = to_device(batch, self.device)
                 with autocast(self.device, self.autocast_dtype):
-                    outputs = self.task.predict(self.model, device_batch)
+                    produced = self.task.predict(model, device_batch)
+                if outputs is not None:
+                    produced = {k: v for k, v in produced.items() if k in outputs}
                 if include_inputs:
-                    outputs = {
+                    produced = {
                         **{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)},
-                        **outputs,
+                        **produced,
                     }
-                for key, value in outputs.items():
+                for key, value in produced.items():
                     value = value.detach()
                     if torch.is_floating_point(value):
                         value = value.float()
                     parts.setdefault(key, []).append(value.cpu().numpy())
-        if not parts:
+        if n_batches == 0:
             msg = "predict_dataset got no batches; the data is empty."
             raise ValueError(msg)
         return {key: np.concatenate(values) for key, values in parts.items()}
+
+    def _inference_module(self) -> nn.Module:
+        if not self.compile_model:
+            return self.model
+        if self._compiled_for_inference is None:
+            self._compiled_for_inference = torch.compile(self.model)
+        return self._compiled_for_inference
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
@@ -564,7 +655,8 @@ class Trainer:
 
         Returns
         -------
-        The checkpoint directory.
+        The checkpoint directory. Under DDP only rank 0 writes it; the other
+        ranks return the same path without writing.
 
         Raises
         ------
@@ -576,6 +668,8 @@ class Trainer:
         if self._last_state is None:
             msg = "No checkpoint exists yet: call fit(...) before save_checkpoint(...)."
             raise RuntimeError(msg)
+        if not self.is_main_process:
+            return Path(path)
         from .. import __version__
 
         best = (

@@ -1,0 +1,1 @@
+"""scdlkit benchmarks: ``python -m benchmarks`` runs the suite in ``run.py``."""

@@ -1,0 +1,102 @@
+"""Fast paths of the Trainer: background prefetch, evaluation batch size, torch.compile opt-in."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from scdlkit import Trainer, create_model, prepare_data
+from scdlkit.train.prefetch import prefetch
+
+
+def _batches(n: int, fail_at: int | None = None):
+    for i in range(n):
+        if i == fail_at:
+            raise RuntimeError(f"broken batch {i}")
+        yield {"x": torch.full((3, 2), float(i)), "index": torch.arange(3) + 3 * i}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_prefetch_keeps_order_and_content(depth):
+    got = [int(batch["x"][0, 0]) for batch in prefetch(_batches(9), depth)]
+    assert got == list(range(9))
+
+
+def test_prefetch_raises_the_producer_error_in_the_consumer():
+    seen = []
+    with pytest.raises(RuntimeError, match="broken batch 3"):
+        for batch in prefetch(_batches(9, fail_at=3), depth=2):
+            seen.append(int(batch["x"][0, 0]))
+    assert seen == [0, 1, 2]
+
+
+def test_prefetch_thread_stops_when_the_consumer_stops_early():
+    before = threading.active_count()
+    iterator = prefetch(_batches(1000), depth=2)
+    assert int(next(iterator)["x"][0, 0]) == 0
+    iterator.close()  # what a `break` out of the for-loop does
+    assert threading.active_count() == before
+    assert not any(t.name == "scdlkit-prefetch" for t in threading.enumerate())
+
+
+@pytest.fixture
+def prepared(synthetic):
+    return prepare_data(synthetic, normalize=True, log1p=True, label_key="cell_type")
+
+
+def _train(prepared, name="vae", model_kwargs=None, **kwargs):
+    model = create_model(
+        name, input_dim=prepared.input_dim, hidden_dims=(32,), latent_dim=4, **(model_kwargs or {})
+    )
+    trainer = Trainer(
+        model, "representation", epochs=3, batch_size=64, device="cpu", progress=False, **kwargs
+    )
+    return trainer.fit(prepared.train, prepared.val)
+
+
+def test_prefetch_and_eval_batch_size_do_not_change_results(prepared):
+    plain = _train(prepared, prefetch=0, eval_batch_size=64)
+    fast = _train(prepared, prefetch=3, eval_batch_size=1000)
+    np.testing.assert_allclose(
+        fast.history_frame["train_loss"], plain.history_frame["train_loss"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        fast.history_frame["val_loss"], plain.history_frame["val_loss"], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        fast.predict_dataset(prepared.test)["latent"],
+        plain.predict_dataset(prepared.test)["latent"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_prefetch_auto_is_off_on_cpu_and_invalid_values_are_refused(prepared):
+    model = create_model("autoencoder", input_dim=5, hidden_dims=(4,), latent_dim=2)
+    trainer = Trainer(model, "representation", device="cpu")
+    assert trainer.prefetch == 0 and trainer.eval_batch_size == 4 * trainer.batch_size
+    with pytest.raises(ValueError, match="prefetch must be an integer >= 0"):
+        Trainer(model, "representation", device="cpu", prefetch=-1)
+    with pytest.raises(ValueError, match="eval_batch_size must be an integer > 0"):
+        Trainer(model, "representation", device="cpu", eval_batch_size=0)
+
+
+@pytest.mark.slow
+def test_compile_model_trains_and_predicts_like_eager(prepared):
+    # a deterministic model: compiled code draws random numbers differently from eager
+    deterministic = {"dropout": 0.0}
+    eager = _train(prepared, "autoencoder", deterministic)
+    compiled = _train(prepared, "autoencoder", deterministic, compile_model=True)
+    np.testing.assert_allclose(
+        compiled.history_frame["train_loss"], eager.history_frame["train_loss"], rtol=1e-2
+    )
+    compiled.model.load_state_dict(eager.model.state_dict())  # same weights: same predictions
+    np.testing.assert_allclose(
+        compiled.predict_dataset(prepared.test)["latent"],
+        eager.predict_dataset(prepared.test)["latent"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
