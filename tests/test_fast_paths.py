@@ -100,3 +100,91 @@ def test_compile_model_trains_and_predicts_like_eager(prepared):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+# --------------------------------------------------------------------------- data on device
+
+DEVICE_PREPROCESSING = {
+    "counts": {},
+    "log": {"normalize": True, "log1p": True},
+    "hvg_scaled": {
+        "normalize": True,
+        "log1p": True,
+        "use_hvg": True,
+        "n_top_genes": 50,
+        "scale": True,
+    },
+}
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("options", list(DEVICE_PREPROCESSING), ids=list(DEVICE_PREPROCESSING))
+def test_device_batches_equal_the_host_loader(synthetic, collect, options, dense):
+    from scdlkit.data.device_data import DeviceBatches
+
+    if dense:
+        synthetic.X = synthetic.X.toarray()
+    split = prepare_data(
+        synthetic, label_key="cell_type", batch_key="batch", **DEVICE_PREPROCESSING[options]
+    ).train
+    host = split.loader(batch_size=40, shuffle=True, seed=3, num_replicas=2, rank=1)
+    device = DeviceBatches(
+        split, torch.device("cpu"), 40, shuffle=True, seed=3, num_replicas=2, rank=1
+    )
+    host.set_epoch(2)
+    device.set_epoch(2)
+    assert len(device) == len(host)
+    expected, got = collect(host), collect(device)
+    assert set(got) == set(expected) == {"x", "y", "batch", "index"}
+    for key in ("y", "batch", "index"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    np.testing.assert_allclose(got["x"], expected["x"], rtol=1e-5, atol=1e-5)
+
+
+def test_device_batches_sum_duplicate_entries_before_log1p(collect):
+    import scipy.sparse as sp
+
+    from scdlkit.data.device_data import DeviceBatches
+
+    # row 0 stores column 1 twice (1 + 2): the value is log1p(3), as in the host loader
+    matrix = sp.csr_matrix(
+        (np.array([1.0, 2.0, 4.0]), np.array([1, 1, 0]), np.array([0, 2, 3])), shape=(2, 3)
+    )
+    import anndata as ad
+
+    split = prepare_data(ad.AnnData(matrix), log1p=True, val_size=0, test_size=0).train
+    got = collect(DeviceBatches(split, torch.device("cpu"), 8))["x"]
+    np.testing.assert_allclose(got, collect(split.loader(8))["x"], rtol=1e-6)
+    np.testing.assert_allclose(
+        got[np.argsort(split.rows)], np.log1p([[0, 3, 0], [4, 0, 0]]), rtol=1e-6
+    )
+
+
+def test_training_with_data_on_device_matches_host_batches(prepared):
+    host = _train(prepared, data_on_device=False)
+    device = _train(prepared, data_on_device=True)
+    np.testing.assert_allclose(
+        device.history_frame["train_loss"], host.history_frame["train_loss"], rtol=1e-4
+    )
+    device.model.load_state_dict(host.model.state_dict())  # same weights: same predictions
+    np.testing.assert_allclose(
+        device.predict_dataset(prepared.test)["latent"],
+        host.predict_dataset(prepared.test)["latent"],
+        rtol=1e-3,
+        atol=1e-4,
+    )
+
+
+def test_data_on_device_refuses_backed_data_and_bad_values(synthetic, tmp_path):
+    import anndata as ad
+
+    synthetic.write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    split = prepare_data(backed).train
+    model = create_model("autoencoder", input_dim=split.n_features, hidden_dims=(4,), latent_dim=2)
+    trainer = Trainer(model, "representation", device="cpu", data_on_device=True, epochs=1)
+    with pytest.raises(ValueError, match="backed matrix cannot be copied to the device"):
+        trainer.fit(split)
+    with pytest.raises(ValueError, match="data_on_device must be"):
+        Trainer(model, "representation", device="cpu", data_on_device="yes")
+    backed.file.close()

@@ -5,12 +5,12 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
-from anndata.abc import CSRDataset
 import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+from anndata.abc import CSRDataset
 
 import scdlkit
 from scdlkit._errors import MissingKeyError

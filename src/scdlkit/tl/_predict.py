@@ -231,7 +231,11 @@ def predict(
         mod = None
     handler = DataHandler(adata, mod)
     requested = _check_outputs(outputs, config["task"])
-    if outputs is None and getattr(handler.target, "isbacked", False) and "reconstruction" in requested:
+    if (
+        outputs is None
+        and getattr(handler.target, "isbacked", False)
+        and "reconstruction" in requested
+    ):
         requested = tuple(name for name in requested if name != "reconstruction")
         logg.info(
             "    backed AnnData: the reconstruction (dense cells x genes) is not computed by default; "

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..data import MinibatchLoader, SplitData
+from ..data.device_data import DeviceBatches
 
 Batch = dict[str, torch.Tensor]
 
@@ -39,6 +40,10 @@ class BatchSource:
         ``Dataset`` inputs are sharded (training shards are padded to equal
         length); ``DataLoader``/``MinibatchLoader``/lists are used as given, so
         shard those yourself (e.g. with a ``DistributedSampler``).
+    device
+        Build the batches of a ``SplitData`` on this device from a copy of its
+        rows kept there (:class:`~scdlkit.data.device_data.DeviceBatches`);
+        ``None`` builds them on the host.
     """
 
     data: Any
@@ -49,10 +54,17 @@ class BatchSource:
     role: str = "train"
     num_replicas: int = 1
     rank: int = 0
+    device: torch.device | None = None
 
     def __post_init__(self) -> None:
         data = self.data
-        if isinstance(data, SplitData):
+        self.on_device = isinstance(data, SplitData) and self.device is not None
+        if self.on_device:
+            self._loader = DeviceBatches(
+                data, self.device, self.batch_size, shuffle=self.shuffle, seed=self.seed,
+                num_replicas=self.num_replicas, rank=self.rank, even_shards=self.role == "train",
+            )  # fmt: skip
+        elif isinstance(data, SplitData):
             self._loader = data.loader(
                 self.batch_size, shuffle=self.shuffle, seed=self.seed,
                 num_replicas=self.num_replicas, rank=self.rank, even_shards=self.role == "train",

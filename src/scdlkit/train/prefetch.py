@@ -19,9 +19,11 @@ class _Failure:
 
 
 def pin(batch: Batch) -> Batch:
-    """Copy the tensors of ``batch`` into page-locked memory (for non-blocking GPU copies)."""
+    """Copy the host tensors of ``batch`` into page-locked memory (for non-blocking GPU copies)."""
     return {
-        key: value.pin_memory() if isinstance(value, torch.Tensor) else value
+        key: value.pin_memory()
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu"
+        else value
         for key, value in batch.items()
     }
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import SplitData
+from ..data.device_data import fits_on_device
 from . import distributed
 from .batches import BatchSource, to_device
 from .callbacks import Callback
@@ -98,6 +100,11 @@ class Trainer:
         Minibatches a background thread prepares ahead while the model computes
         (``0``: none). ``"auto"`` prefetches 2 on CUDA (with pinned memory and
         non-blocking copies) and none on CPU, where torch already uses the cores.
+    data_on_device
+        Copy the training and validation cells to the device once and build
+        every minibatch there (for ``SplitData`` inputs held in memory).
+        ``"auto"`` does so on CUDA when the split takes under half of the free
+        GPU memory; ``True`` forces it (also on CPU, where it gains nothing).
     compile_model
         Run the model through :func:`torch.compile` (opt-in: the first batches
         pay the compilation, seconds to minutes; later ones run faster on GPUs).
@@ -150,6 +157,7 @@ class Trainer:
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         prefetch: int | str = "auto",
+        data_on_device: bool | str = "auto",
         compile_model: bool = False,
         strategy: str = "auto",
         progress: bool | None = None,
@@ -180,6 +188,9 @@ class Trainer:
             _positive("eval_batch_size", eval_batch_size, integer=True)
         if prefetch != "auto":
             _positive("prefetch", prefetch, integer=True, allow_zero=True)
+        if data_on_device not in ("auto", True, False):
+            msg = f"data_on_device must be 'auto', True or False, got {data_on_device!r}."
+            raise ValueError(msg)
         if isinstance(optimizer, str) and optimizer not in _OPTIMIZERS:
             msg = (
                 f"Unknown optimizer {optimizer!r}; use one of {sorted(_OPTIMIZERS)} or a callable."
@@ -211,6 +222,7 @@ class Trainer:
         if prefetch == "auto":
             prefetch = 2 if self.device.type == "cuda" else 0
         self.prefetch = int(prefetch)
+        self.data_on_device = data_on_device
         self.compile_model = bool(compile_model)
         self.strategy = strategy
         self.progress = progress
@@ -357,10 +369,16 @@ class Trainer:
         return self
 
     def _source(self, data: Any, batch_size: int, *, shuffle: bool, role: str) -> BatchSource:
-        ddp = self.distributed
+        ddp = self.distributed if role != "predict" else None  # prediction is not sharded
+        on_device = self.data_on_device is True or (
+            self.data_on_device == "auto"
+            and isinstance(data, SplitData)
+            and fits_on_device(data, self.device)
+        )
         return BatchSource(
             data, batch_size, shuffle, self.seed, self.num_workers, role,
             num_replicas=1 if ddp is None else ddp.world_size, rank=0 if ddp is None else ddp.rank,
+            device=self.device if on_device else None,
         )  # fmt: skip
 
     def _training_module(self) -> nn.Module:
@@ -374,6 +392,8 @@ class Trainer:
         return module
 
     def _batches(self, source: BatchSource, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+        if source.on_device:  # built on the device already: nothing to prepare ahead
+            return source.epoch(epoch)
         return prefetch_batches(
             source.epoch(epoch), self.prefetch, pin_memory=self.device.type == "cuda"
         )
@@ -587,10 +607,9 @@ class Trainer:
         (``latent``, ``reconstruction``, ``logits``) plus ``x``, ``y``, ``batch``
         and ``index`` as available.
         """
-        source = BatchSource(
-            data, int(batch_size or self.eval_batch_size), False, self.seed, self.num_workers,
-            "predict",
-        )  # fmt: skip
+        source = self._source(
+            data, int(batch_size or self.eval_batch_size), shuffle=False, role="predict"
+        )
         self.model.eval()
         model = self._inference_module()
         parts: dict[str, list[np.ndarray]] = {}
