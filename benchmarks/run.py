@@ -167,10 +167,10 @@ def memory_and_backed_rows(args: argparse.Namespace, cases: list[str]) -> list[d
     return rows
 
 
-def import_rows() -> list[dict]:
-    ours = import_seconds("import scdlkit")
-    scanpy = import_seconds("import scanpy")
-    full = import_seconds("import scdlkit; scdlkit.tl; scdlkit.Trainer")
+def import_rows(repeats: int) -> list[dict]:
+    ours = import_seconds("import scdlkit", repeats)
+    scanpy = import_seconds("import scanpy", repeats)
+    full = import_seconds("import scdlkit; scdlkit.tl; scdlkit.Trainer", repeats)
     return [
         row("import scdlkit", "wall s", ours, scanpy, "< 2 s and <= 1", notes="vs import scanpy"),
         row(
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         elif case == "predict":
             rows += predict_rows(args)
         elif case == "import":
-            rows += import_rows()
+            rows += import_rows(1 if args.quick else 3)
     if {"memory", "backed"} & set(args.cases):
         rows += memory_and_backed_rows(args, args.cases)
     print_table(rows)

@@ -29,6 +29,8 @@ REFERENCE_PAGES = [
     "compare",
     "foundation",
     "annotation-quickstart",
+    "performance",
+    "distributed",
 ]
 
 

@@ -238,6 +238,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     if args.predict:
         scdlkit.tl.predict(data, key=args.key_added, mod=_modalities(args.mod), device=args.device)
+    if not scdlkit.train.is_main_process():
+        return EXIT_OK  # under torchrun, rank 0 writes the file
     path = _write(data, args.output)
     holder = _record_holder(data, args.key_added)
     record = holder.uns[args.key_added]
