@@ -18,6 +18,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 #: The reference page's example model.
@@ -67,13 +68,20 @@ def bare_epoch(
         optimizer.step()
 
 
-def bare_predict(model: Any, x: torch.Tensor, batch_size: int) -> None:
-    """``model(x)`` over a dense tensor, latent and reconstruction copied out as numpy."""
+def bare_predict(model: Any, x: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    """``model(x)`` over a dense tensor, keeping latent and reconstruction as whole arrays.
+
+    What a hand-written loop does to keep its results: a list of numpy parts
+    per output, concatenated at the end.
+    """
     model.eval()
+    parts: dict[str, list[np.ndarray]] = {"latent": [], "reconstruction": []}
     with torch.inference_mode():
         for start in range(0, x.shape[0], batch_size):
             out = model(x[start : start + batch_size])
-            out["latent"].numpy(), out["reconstruction"].numpy()
+            for key, values in parts.items():
+                values.append(out[key].numpy())
+    return {key: np.concatenate(values) for key, values in parts.items()}
 
 
 def trainer_epoch(

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
+import torch
 
 from scdlkit import prepare_data, transform_adata
 from scdlkit.data import PreparedData, SplitData
@@ -631,3 +632,14 @@ def test_transform_adata_mudata_modality(small_mudata):
     np.testing.assert_array_equal(from_mudata.to_numpy(), from_modality.to_numpy())
     np.testing.assert_array_equal(from_mudata.y, from_modality.y)
     np.testing.assert_allclose(from_mudata.to_numpy(), all_cells(prepared), rtol=1e-6, atol=1e-6)
+
+
+def test_hvg_selection_keeps_torch_thread_count(synthetic):
+    # scanpy's numba kernels start an OpenMP pool that would reset torch to every core
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prepare_data(synthetic, normalize=True, log1p=True, use_hvg=True, n_top_genes=50)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -7,6 +7,8 @@ import threading
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scdlkit import Trainer, create_model, prepare_data
 from scdlkit.train.prefetch import prefetch
@@ -188,3 +190,34 @@ def test_data_on_device_refuses_backed_data_and_bad_values(synthetic, tmp_path):
     with pytest.raises(ValueError, match="data_on_device must be"):
         Trainer(model, "representation", device="cpu", data_on_device="yes")
     backed.file.close()
+
+
+# --------------------------------------------------------------------------- output collection
+
+
+@given(
+    sizes=st.lists(st.integers(1, 20), min_size=1, max_size=8),
+    announced=st.one_of(st.none(), st.integers(0, 200)),
+)
+def test_output_collector_equals_concatenation(sizes, announced):
+    from scdlkit.train.collect import OutputCollector
+
+    rng = np.random.default_rng(len(sizes))
+    parts = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+    collector = OutputCollector(announced)
+    for part in parts:
+        collector.add("latent", part)
+        collector.add("index", np.arange(part.shape[0]))
+    result = collector.result()
+    np.testing.assert_array_equal(result["latent"], np.concatenate(parts))
+    np.testing.assert_array_equal(result["index"], np.concatenate([np.arange(n) for n in sizes]))
+    assert list(result) == ["latent", "index"]
+
+
+def test_predict_dataset_keeps_only_the_outputs_asked_for(prepared):
+    trainer = _train(prepared)
+    everything = trainer.predict_dataset(prepared.test)
+    latent = trainer.predict_dataset(prepared.test, include_inputs=False, outputs={"latent"})
+    assert set(latent) == {"latent"}
+    np.testing.assert_array_equal(latent["latent"], everything["latent"])
+    np.testing.assert_array_equal(everything["index"], prepared.test.rows)

@@ -350,6 +350,19 @@ def test_config_records_constructor_arguments_of_custom_models():
 # -- model specifics -------------------------------------------------------------------------------
 
 
+def test_tuned_dropout_defaults():
+    # benchmarks/quality.py: no dropout in the vae (latent sampling regularises it),
+    # 0.3 in the mlp_classifier; the other models keep 0.1
+    vae = create_model("vae", input_dim=10)
+    assert vae.dropout == 0.0
+    assert vae.config["kwargs"]["dropout"] == 0.0
+    assert not any(isinstance(m, nn.Dropout) for m in vae.modules())
+    mlp = create_model("mlp_classifier", input_dim=10, num_classes=3)
+    assert mlp.dropout == 0.3
+    assert [m.p for m in mlp.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3, 0.3]
+    assert create_model("autoencoder", input_dim=10).dropout == 0.1
+
+
 def test_vae_kl_warmup_schedule():
     model = create_model("vae", input_dim=10, kl_weight=0.2, kl_warmup_epochs=4)
     assert model.current_kl_weight == 0.0  # a new model is in the epoch-0 state

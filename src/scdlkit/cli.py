@@ -323,6 +323,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     import scdlkit
 
+    from ._threads import keep_torch_threads
+
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     label_key = "bulk_labels"
@@ -338,8 +340,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         checkpoint_dir=out_dir / "checkpoints",
     )
     scdlkit.tl.predict(adata)
-    sc.pp.neighbors(adata, use_rep="X_scdlkit", random_state=args.seed)
-    sc.tl.umap(adata, random_state=args.seed)
+    with keep_torch_threads():
+        sc.pp.neighbors(adata, use_rep="X_scdlkit", random_state=args.seed)
+        sc.tl.umap(adata, random_state=args.seed)
 
     data_path = _write(adata, out_dir / "pbmc68k_scdlkit.h5ad")
     umap_path = out_dir / "umap_bulk_labels.png"

@@ -18,6 +18,7 @@ from mudata import MuData
 
 from ._atomic import atomic_directory
 from ._errors import format_names
+from ._threads import keep_torch_threads
 from .data import CategoryEncoder, PreparedData, SplitData, get_obs_column, transform_adata
 from .data.fields import ModSpec
 from .train.checkpoint import json_safe
@@ -613,8 +614,9 @@ class TaskRunner:
         if method == "tsne":
             sc.tl.tsne(holder, use_rep="X_latent", random_state=self.seed)
             return sc.pl.tsne(holder, **options)
-        sc.pp.neighbors(holder, use_rep="X_latent", random_state=self.seed)
-        sc.tl.umap(holder, random_state=self.seed)
+        with keep_torch_threads():
+            sc.pp.neighbors(holder, use_rep="X_latent", random_state=self.seed)
+            sc.tl.umap(holder, random_state=self.seed)
         return sc.pl.umap(holder, **options)
 
     def plot_reconstruction(

@@ -13,6 +13,7 @@ from anndata import AnnData
 from mudata import MuData
 
 from .._errors import format_names
+from .._threads import keep_torch_threads
 from .encoders import CategoryEncoder
 from .fields import Fields, ModSpec, get_obs_column, resolve_fields
 from .matrix import SCAN_BLOCK_ROWS, summarize_matrix
@@ -136,13 +137,14 @@ def _select_hvg(
         training.obs["batch"] = pd.Categorical(batches.iloc[rows].astype(str).to_numpy())
         hvg_batch_key = "batch"
     try:
-        sc.pp.highly_variable_genes(
-            training,
-            n_top_genes=n_top_genes,
-            flavor="seurat",
-            batch_key=hvg_batch_key,
-            subset=False,
-        )
+        with keep_torch_threads():
+            sc.pp.highly_variable_genes(
+                training,
+                n_top_genes=n_top_genes,
+                flavor="seurat",
+                batch_key=hvg_batch_key,
+                subset=False,
+            )
     except (IndexError, ValueError) as err:
         # scanpy fails obscurely when no gene varies (IndexError) or when expm1 of
         # un-logged counts overflows to inf (ValueError from pandas.cut).

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from .._threads import keep_torch_threads
 from ._checks import as_labels, as_matrix
 
 CLUSTERINGS = ("leiden", "kmeans")
@@ -183,14 +184,15 @@ def cluster_labels(
         return np.zeros(latent.shape[0], dtype=int).astype(str)
     holder = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(latent.shape[0])]))
     holder.obsm["X_latent"] = latent.astype(np.float32)
-    sc.pp.neighbors(
-        holder,
-        use_rep="X_latent",
-        n_neighbors=max(2, min(int(n_neighbors), latent.shape[0] - 1)),
-        method="gauss",
-        transformer="sklearn",
-        random_state=seed,
-    )
+    with keep_torch_threads():
+        sc.pp.neighbors(
+            holder,
+            use_rep="X_latent",
+            n_neighbors=max(2, min(int(n_neighbors), latent.shape[0] - 1)),
+            method="gauss",
+            transformer="sklearn",
+            random_state=seed,
+        )
     sc.tl.leiden(
         holder,
         resolution=resolution,

@@ -45,8 +45,14 @@ class VAE(ScdlModel):
 
     Parameters
     ----------
-    input_dim, latent_dim, hidden_dims, dropout, batch_norm
+    input_dim, latent_dim, hidden_dims, batch_norm
         As for :class:`~scdlkit.models.AutoEncoder`.
+    dropout
+        Dropout probability after every hidden activation of the encoder and
+        decoder. The default 0.0 (previously 0.1) relies on the sampling noise
+        of the latent as the regulariser; it gave a latent space with a better
+        kNN label accuracy on every dataset of ``benchmarks/quality.py`` and
+        stops training sooner.
     kl_weight
         Final weight of the KL term (``>= 0``).
     kl_warmup_epochs
@@ -73,7 +79,7 @@ class VAE(ScdlModel):
         input_dim: int,
         latent_dim: int = 32,
         hidden_dims: Sequence[int] = (256, 128),
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         batch_norm: bool = True,
         kl_weight: float = 0.1,
         kl_warmup_epochs: int = 10,

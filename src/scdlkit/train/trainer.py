@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data import SplitData
@@ -22,6 +23,7 @@ from . import distributed
 from .batches import BatchSource, to_device
 from .callbacks import Callback
 from .checkpoint import read_config, read_training_state, read_weights, write_bundle
+from .collect import OutputCollector
 from .device import autocast, autocast_dtype, resolve_device
 from .prefetch import prefetch as prefetch_batches
 
@@ -612,7 +614,8 @@ class Trainer:
         )
         self.model.eval()
         model = self._inference_module()
-        parts: dict[str, list[np.ndarray]] = {}
+        n_cells = len(data) if isinstance(data, Dataset) and hasattr(data, "__len__") else None
+        collected = OutputCollector(n_cells)
         n_batches = 0
         with torch.inference_mode():
             for batch in self._batches(source, 0):
@@ -631,11 +634,11 @@ class Trainer:
                     value = value.detach()
                     if torch.is_floating_point(value):
                         value = value.float()
-                    parts.setdefault(key, []).append(value.cpu().numpy())
+                    collected.add(key, value.cpu().numpy())
         if n_batches == 0:
             msg = "predict_dataset got no batches; the data is empty."
             raise ValueError(msg)
-        return {key: np.concatenate(values) for key, values in parts.items()}
+        return collected.result()
 
     def _inference_module(self) -> nn.Module:
         if not self.compile_model:
