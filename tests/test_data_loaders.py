@@ -311,8 +311,10 @@ def test_backed_loader_reads_disjoint_contiguous_blocks(
         loader.set_epoch(epoch)
         index = collect(loader)["index"]
         np.testing.assert_array_equal(np.sort(index), prepared.train.rows)
-        # ceil(210 / 50) = 5 reads per epoch; each block is read once and blocks do not overlap
-        assert len(reads) == 5
+        # one read per block of 50 source rows holding training cells (300 rows: 6 blocks),
+        # inside that block: memory is bounded by block_rows however sparse the split is
+        assert len(reads) == len(np.unique(prepared.train.rows // 50)) == 6
+        assert all(start // 50 == (stop - 1) // 50 for start, stop in reads)
         spans = sorted(reads)
         assert all(stop <= start for (_, stop), (start, _) in zip(spans, spans[1:], strict=False))
         assert sum(stop - start for start, stop in reads) <= synthetic.n_obs
@@ -340,3 +342,22 @@ def test_backed_drop_last(synthetic, backed_path, open_backed, collect):
     sizes = [len(batch["x"]) for batch in loader]
     assert sizes == [64, 64, 64]
     assert len(np.unique(collect(loader)["index"])) == 192
+
+
+def test_backed_reads_of_a_sparse_split_span_at_most_block_rows(
+    synthetic, backed_path, open_backed, monkeypatch
+):
+    # a validation split holds 15% of the cells: a block of its cells must not
+    # read every source row between its first and last cell
+    reads = []
+    original = loaders.read_row_block
+
+    def recording(matrix, start, stop):
+        reads.append(stop - start)
+        return original(matrix, start, stop)
+
+    monkeypatch.setattr(loaders, "read_row_block", recording)
+    prepared = prepare_data(open_backed(backed_path), val_size=0.1, test_size=0.1)
+    batches = list(prepared.val.loader(batch_size=64, block_rows=40))
+    assert sum(len(b["index"]) for b in batches) == len(prepared.val)
+    assert max(reads) <= 40

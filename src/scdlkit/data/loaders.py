@@ -76,8 +76,11 @@ class MinibatchLoader:
     seed
         Seed of the shuffling; the order of epoch ``e`` depends only on ``(seed, e)``.
     block_rows
-        For backed matrices: source rows read from disk at once. Defaults to
-        ``max(64 * batch_size, 8192)``.
+        For backed matrices: the source rows are cut into blocks of this many
+        consecutive rows, and each block is read from disk at once (only the
+        rows between the block's first and last cell of this split). Defaults
+        to ``max(64 * batch_size, 8192)``, at most 32768, so memory stays
+        bounded by the block whatever the size of the file or of the split.
     num_replicas, rank
         Number of processes sharing the epoch and this process's rank (set by
         the :class:`~scdlkit.Trainer` under ``torchrun``); every rank must use
@@ -121,7 +124,7 @@ class MinibatchLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
-        self.block_rows = block_rows or max(64 * self.batch_size, 8192)
+        self.block_rows = block_rows or min(max(64 * self.batch_size, 8192), 32768)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.even_shards = even_shards
@@ -189,11 +192,14 @@ class MinibatchLoader:
         rng = epoch_rng(self.seed, self.epoch)
         n = len(self.split)
         sorted_positions = np.argsort(self.split.rows, kind="stable")
-        n_blocks = -(-n // self.block_rows)
-        visit = rng.permutation(n_blocks) if self.shuffle else np.arange(n_blocks)
+        # cells grouped by the block of source rows they fall in (empty blocks skipped)
+        source_block = self.split.rows[sorted_positions] // self.block_rows
+        bounds = np.flatnonzero(np.diff(source_block)) + 1
+        groups = np.split(sorted_positions, bounds) if n else []
+        visit = rng.permutation(len(groups)) if self.shuffle else np.arange(len(groups))
         chunks, block_of = [], []
         for block in visit:
-            chunk = sorted_positions[block * self.block_rows : (block + 1) * self.block_rows]
+            chunk = groups[block]
             if self.shuffle:
                 chunk = chunk[rng.permutation(chunk.shape[0])]
             chunks.append(chunk)
