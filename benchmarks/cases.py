@@ -9,7 +9,6 @@ both sides alike; peak memory is the process's maximum resident set size.
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import sys
 import time
@@ -21,15 +20,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_rss_bytes  # noqa: E402
+
 #: The reference page's example model.
 MODEL_KWARGS = {"latent_dim": 32, "hidden_dims": (512, 256)}
 #: How the synthetic counts are prepared for the model, in every case.
 RECIPE = {"normalize": True, "log1p": True}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def counts_file(cache: Path, n_cells: int, n_genes: int) -> Path:
@@ -180,7 +177,7 @@ def fit_from_file(
         wall = time.perf_counter() - wall
     n_train = int((adata.obs["scdlkit_split"] == "train").sum())
     return {
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
         "csr_mib": csr_bytes / 2**20,
         "cpu_s_per_epoch": cpu / epochs,
         "wall_s_per_epoch": wall / epochs,
@@ -203,7 +200,7 @@ def baseline(batch_size: int, **_: Any) -> dict[str, Any]:
             adata, "vae", **RECIPE, model_kwargs=MODEL_KWARGS, epochs=1, batch_size=batch_size,
             device="cpu", progress=False, checkpoint_dir=folder,
         )  # fmt: skip
-    return {"peak_rss_mib": peak_rss_mib()}
+    return {"peak_rss_mib": peak_rss_bytes() / 2**20}
 
 
 CASES = {
@@ -224,5 +221,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

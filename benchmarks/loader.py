@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, print_table, write_json  # noqa: E402
+from common import machine_info, peak_rss_bytes, print_table, write_json  # noqa: E402
 
 BATCH_SIZE = 128
 THROUGHPUT_TARGET = 0.5
@@ -120,24 +120,6 @@ def throughput(adata, n_batches: int, repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------- memory (subprocesses)
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process.
-
-    On Linux this is ``VmHWM`` of ``/proc/self/status``: ``ru_maxrss`` survives
-    ``fork`` + ``exec`` and would report the (larger) parent's peak.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    # macOS reports bytes, other systems kilobytes
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def import_stack() -> None:

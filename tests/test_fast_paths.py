@@ -59,6 +59,20 @@ def _train(prepared, name="vae", model_kwargs=None, **kwargs):
     return trainer.fit(prepared.train, prepared.val)
 
 
+def _assert_trains_and_predicts_alike(trainer, reference, prepared, *, loss_rtol, latent_rtol):
+    """Same training losses; with the reference's weights loaded, the same test latents."""
+    np.testing.assert_allclose(
+        trainer.history_frame["train_loss"], reference.history_frame["train_loss"], rtol=loss_rtol
+    )
+    trainer.model.load_state_dict(reference.model.state_dict())  # same weights: same predictions
+    np.testing.assert_allclose(
+        trainer.predict_dataset(prepared.test)["latent"],
+        reference.predict_dataset(prepared.test)["latent"],
+        rtol=latent_rtol,
+        atol=latent_rtol / 10,
+    )
+
+
 def test_prefetch_and_eval_batch_size_do_not_change_results(prepared):
     plain = _train(prepared, prefetch=0, eval_batch_size=64)
     fast = _train(prepared, prefetch=3, eval_batch_size=1000)
@@ -92,16 +106,7 @@ def test_compile_model_trains_and_predicts_like_eager(prepared):
     deterministic = {"dropout": 0.0}
     eager = _train(prepared, "autoencoder", deterministic)
     compiled = _train(prepared, "autoencoder", deterministic, compile_model=True)
-    np.testing.assert_allclose(
-        compiled.history_frame["train_loss"], eager.history_frame["train_loss"], rtol=1e-2
-    )
-    compiled.model.load_state_dict(eager.model.state_dict())  # same weights: same predictions
-    np.testing.assert_allclose(
-        compiled.predict_dataset(prepared.test)["latent"],
-        eager.predict_dataset(prepared.test)["latent"],
-        rtol=1e-4,
-        atol=1e-5,
-    )
+    _assert_trains_and_predicts_alike(compiled, eager, prepared, loss_rtol=1e-2, latent_rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- data on device
@@ -165,16 +170,7 @@ def test_device_batches_sum_duplicate_entries_before_log1p(collect):
 def test_training_with_data_on_device_matches_host_batches(prepared):
     host = _train(prepared, data_on_device=False)
     device = _train(prepared, data_on_device=True)
-    np.testing.assert_allclose(
-        device.history_frame["train_loss"], host.history_frame["train_loss"], rtol=1e-4
-    )
-    device.model.load_state_dict(host.model.state_dict())  # same weights: same predictions
-    np.testing.assert_allclose(
-        device.predict_dataset(prepared.test)["latent"],
-        host.predict_dataset(prepared.test)["latent"],
-        rtol=1e-3,
-        atol=1e-4,
-    )
+    _assert_trains_and_predicts_alike(device, host, prepared, loss_rtol=1e-4, latent_rtol=1e-3)
 
 
 def test_data_on_device_refuses_backed_data_and_bad_values(synthetic, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .loaders import Batch, epoch_rng, shard
+from .loaders import Batch, epoch_rng, shard, shard_bounds
 from .matrix import is_backed
 
 if TYPE_CHECKING:
@@ -79,7 +79,9 @@ class DeviceBatches:
     ) -> None:
         if is_backed(split.matrix):
             msg = (
-                "A backed matrix cannot be copied to the device; read it with the MinibatchLoader."
+                "A backed matrix cannot be copied to the device: pass data_on_device='auto' or "
+                "False to the Trainer (minibatches are then read from disk block by block), or "
+                "load the AnnData into memory first."
             )
             raise ValueError(msg)
         self.split, self.device = split, device
@@ -96,11 +98,10 @@ class DeviceBatches:
             self._dense = None
         else:
             self._dense = torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
-        self._positions = None
+        self._positions = self._columns = None
         if transform.columns is not None:
-            positions = np.full(transform.n_source_features, -1, dtype=np.int64)
-            positions[transform.columns] = np.arange(transform.columns.shape[0])
-            self._positions = torch.from_numpy(positions).to(device)
+            self._positions = torch.from_numpy(transform.column_positions).to(device)
+            self._columns = torch.from_numpy(transform.columns).to(device)
         self._mean = self._std = None
         if transform.mean is not None:
             self._mean = torch.from_numpy(transform.mean).to(device)
@@ -116,8 +117,10 @@ class DeviceBatches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = shard(np.empty(len(self.split)), self.rank, self.num_replicas, even=self.even_shards)
-        return -(-n.shape[0] // self.batch_size)
+        start, stop = shard_bounds(
+            len(self.split), self.rank, self.num_replicas, even=self.even_shards
+        )
+        return -(-(stop - start) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)
@@ -138,8 +141,8 @@ class DeviceBatches:
             x = self._dense[positions]
             if transform.normalize:
                 x = x * self._size_factors(x.sum(dim=1))[:, None]
-            if self._positions is not None:
-                x = x[:, torch.from_numpy(transform.columns).to(self.device)]
+            if self._columns is not None:
+                x = x[:, self._columns]
             if transform.log1p:
                 x = x.log1p()
         if self._mean is not None:

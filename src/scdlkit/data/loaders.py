@@ -34,6 +34,20 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
+def shard_bounds(n: int, rank: int, num_replicas: int, *, even: bool) -> tuple[int, int]:
+    """Return ``(start, stop)`` of rank ``rank``'s slice of ``n`` entries (padded when ``even``).
+
+    Examples
+    --------
+    >>> shard_bounds(5, 1, 2, even=True), shard_bounds(5, 1, 2, even=False)
+    ((3, 6), (3, 5))
+    """
+    if even:
+        per_rank = -(-n // num_replicas)
+        return rank * per_rank, (rank + 1) * per_rank
+    return round(rank * n / num_replicas), round((rank + 1) * n / num_replicas)
+
+
 def shard(order: np.ndarray, rank: int, num_replicas: int, *, even: bool) -> np.ndarray:
     """Return rank ``rank``'s contiguous slice of ``order`` out of ``num_replicas``.
 
@@ -51,13 +65,10 @@ def shard(order: np.ndarray, rank: int, num_replicas: int, *, even: bool) -> np.
     if num_replicas == 1:
         return order
     n = order.shape[0]
-    if even:
-        per_rank = -(-n // num_replicas)
-        if n and n < per_rank * num_replicas:
-            order = np.resize(order, per_rank * num_replicas)  # repeats from the start
-        return order[rank * per_rank : (rank + 1) * per_rank]
-    bounds = np.linspace(0, n, num_replicas + 1).round().astype(np.int64)
-    return order[bounds[rank] : bounds[rank + 1]]
+    start, stop = shard_bounds(n, rank, num_replicas, even=even)
+    if n and stop > n:
+        order = np.resize(order, stop)  # pads by repeating from the start
+    return order[start:stop]
 
 
 class MinibatchLoader:
@@ -134,15 +145,11 @@ class MinibatchLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = self._n_cells()
+        start, stop = shard_bounds(
+            len(self.split), self.rank, self.num_replicas, even=self.even_shards
+        )
+        n = stop - start
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _n_cells(self) -> int:
-        """Cells this rank visits per epoch."""
-        n = len(self.split)
-        if self.num_replicas == 1:
-            return n
-        return shard(np.empty(n), self.rank, self.num_replicas, even=self.even_shards).shape[0]
 
     def __iter__(self) -> Iterator[Batch]:
         if is_backed(self.split.matrix):

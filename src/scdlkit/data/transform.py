@@ -112,7 +112,7 @@ class FeatureTransform:
                 totals[filled] = np.add.reduceat(summed, indptr[:-1][filled], dtype=dtype)
             values *= np.repeat(self._size_factors(totals), lengths)
         if select and self.columns is not None:
-            position = self._column_positions[cols]
+            position = self.column_positions[cols]
             keep = position >= 0
             lengths = np.bincount(
                 np.repeat(np.arange(rows.shape[0]), lengths)[keep], minlength=rows.shape[0]
@@ -151,7 +151,7 @@ class FeatureTransform:
         values = np.empty(capacity, dtype=np.float32)
         flat = np.empty(capacity, dtype=np.int64)
         select = self.columns is not None
-        positions = self._column_positions if select else _NO_POSITIONS
+        positions = self.column_positions if select else _NO_POSITIONS
         n = gather_csr_rows(
             indptr, indices, data, rows, positions, select, self.normalize, float(self.target_sum),
             n_features, values, flat,
@@ -171,7 +171,7 @@ class FeatureTransform:
         return out.reshape(rows.shape[0], n_features)
 
     @functools.cached_property
-    def _column_positions(self) -> np.ndarray:
+    def column_positions(self) -> np.ndarray:
         """Model feature position of every source column (``-1`` when not selected)."""
         positions = np.full(self.n_source_features, -1, dtype=np.int64)
         positions[self.columns] = np.arange(self.columns.shape[0])

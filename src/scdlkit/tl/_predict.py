@@ -245,11 +245,11 @@ def predict(
         adata, preprocessing, layer=preprocessing.get("layer") if layer is _UNSET else layer, mod=mod,
         use_raw=bool(preprocessing.get("use_raw")),
     )  # fmt: skip
+    needed = {OUTPUTS[name] for name in requested}
     results = trainer.predict_dataset(
-        data, batch_size=batch_size, include_inputs=False,
-        outputs={OUTPUTS[name] for name in requested},
-    )  # fmt: skip
-    missing = sorted({OUTPUTS[name] for name in requested} - set(results))
+        data, batch_size=batch_size, include_inputs=False, outputs=needed
+    )
+    missing = sorted(needed - set(results))
     if missing:
         msg = f"The model does not produce {format_names(missing)}; it produces {format_names(results)}."
         raise ValueError(msg)

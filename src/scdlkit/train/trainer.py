@@ -226,7 +226,6 @@ class Trainer:
         self.prefetch = int(prefetch)
         self.data_on_device = data_on_device
         self.compile_model = bool(compile_model)
-        self.strategy = strategy
         self.progress = progress
         self.callbacks = list(callbacks)
         self.verbose = verbose
