@@ -1,4 +1,4 @@
-"""Make values safe to store in ``.uns`` (and so in ``.h5ad``/``.h5mu`` files)."""
+"""Make values safe to store in ``.uns`` (``.h5ad``/``.h5mu`` files) and in JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,29 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+def json_safe(value: Any) -> Any:
+    """Convert ``value`` to plain JSON types (NaN becomes ``None``, ``Path`` a string).
+
+    Examples
+    --------
+    >>> json_safe({"dims": (64, np.int64(32)), "loss": float("nan")})
+    {'dims': [64, 32], 'loss': None}
+    """
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
 
 
 def h5ad_safe(value: Any, *, where: str = "value") -> Any:

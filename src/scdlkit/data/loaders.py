@@ -16,17 +16,28 @@ runs the same number of steps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .matrix import is_backed, read_row_block
-
-if TYPE_CHECKING:
-    from .split_data import SplitData
+from .matrix import SourceMatrix, is_backed, read_row_block
+from .transform import FeatureTransform
 
 Batch = dict[str, torch.Tensor]
+
+
+class RowSource(Protocol):
+    """What the loader needs of a split (:class:`~scdlkit.data.SplitData` is one)."""
+
+    matrix: SourceMatrix
+    rows: np.ndarray
+    transform: FeatureTransform
+
+    def __len__(self) -> int: ...
+
+    def batch_dict(self, x: np.ndarray, positions: np.ndarray) -> Batch:
+        """Assemble the batch dictionary of transformed ``x`` for cells at ``positions``."""
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -112,7 +123,7 @@ class MinibatchLoader:
 
     def __init__(
         self,
-        split: SplitData,
+        split: RowSource,
         batch_size: int,
         *,
         shuffle: bool = False,

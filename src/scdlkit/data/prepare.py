@@ -16,7 +16,8 @@ from .._errors import format_names
 from .._threads import keep_torch_threads
 from .encoders import CategoryEncoder
 from .fields import Fields, ModSpec, get_obs_column, resolve_fields
-from .matrix import SCAN_BLOCK_ROWS, summarize_matrix
+from .matrix import SCAN_BLOCK_ROWS, MatrixSummary, summarize_matrix
+from .spec import DEFAULT_SEED, DataSpec, Preprocessing, resolve_seed
 from .split_data import SplitData
 from .splits import (
     SPLIT_NAMES,
@@ -55,6 +56,12 @@ class PreparedData:
         Cell names in the original order.
     source
         Where the matrix was read from, e.g. ``"adata.layers['counts']"``.
+    spec
+        The :class:`~scdlkit.data.DataSpec` the data was prepared with.
+    seed
+        Seed of the split.
+    raw_counts
+        Whether the model input is untransformed integer counts (no normalize/log1p).
     """
 
     train: SplitData
@@ -64,10 +71,13 @@ class PreparedData:
     feature_names: list[str]
     label_encoder: CategoryEncoder | None
     batch_encoder: CategoryEncoder | None
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     split: pd.Categorical
     obs_names: pd.Index
     source: str = ""
+    spec: DataSpec = field(default_factory=DataSpec)
+    seed: int = DEFAULT_SEED
+    raw_counts: bool = False
     splits: dict[str, SplitData] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -78,8 +88,29 @@ class PreparedData:
         sizes = ", ".join(f"{name}={len(split)}" for name, split in self.splits.items())
         return f"PreparedData({self.source}: {self.input_dim} features; {sizes})"
 
+    def bundle_fields(self) -> dict[str, Any]:
+        """What a checkpoint bundle stores about the data, so that new data can be prepared alike."""
+        return {
+            "feature_names": list(self.feature_names),
+            "preprocessing": self.preprocessing,
+            "data_spec": self.spec.to_dict(),
+            "label_encoder": None if self.label_encoder is None else self.label_encoder.to_dict(),
+            "batch_encoder": None if self.batch_encoder is None else self.batch_encoder.to_dict(),
+        }
 
-def _validate_values(fields: Fields, *, normalize: bool, log1p: bool, use_hvg: bool) -> None:
+
+def raw_counts_message(source: str) -> str:
+    """The advice given when raw counts meet a squared-error model (``pp.inspect`` and ``tl.fit``)."""
+    return (
+        f"{source} looks like raw counts, but normalize=False and log1p=False; models with "
+        "a squared-error loss train poorly on raw counts. Pass normalize=True, log1p=True."
+    )
+
+
+def _validate_values(
+    fields: Fields, *, normalize: bool, log1p: bool, use_hvg: bool
+) -> MatrixSummary:
+    """Refuse NaN/Inf and negative values where counts are needed; return the matrix summary."""
     summary = summarize_matrix(fields.matrix)
     if summary.n_nonfinite:
         msg = (
@@ -103,6 +134,7 @@ def _validate_values(fields: Fields, *, normalize: bool, log1p: bool, use_hvg: b
             UserWarning,
             stacklevel=3,
         )
+    return summary
 
 
 def _select_hvg(
@@ -208,7 +240,8 @@ def prepare_data(
     test_size: float = 0.15,
     batch_aware_split: bool = False,
     stratify: bool = True,
-    random_state: int = 42,
+    seed: int = DEFAULT_SEED,
+    random_state: int | None = None,
 ) -> PreparedData:
     """Build train/validation/test splits and the feature transform from an AnnData or MuData.
 
@@ -257,8 +290,10 @@ def prepare_data(
         Hold out whole batches of ``batch_key`` (each batch lands in one split).
     stratify
         Keep every label's share in every split (and at least one cell per label in train).
-    random_state
+    seed
         Seed of the split; the same seed gives the same split.
+    random_state
+        Deprecated name of ``seed``.
 
     Returns
     -------
@@ -284,6 +319,14 @@ def prepare_data(
     >>> prepared.input_dim, len(prepared.train), len(prepared.val), len(prepared.test)
     (765, 490, 105, 105)
     """
+    seed = resolve_seed(seed, random_state, where="prepare_data")
+    spec = DataSpec(
+        layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
+        split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
+        target_sum=target_sum, log1p=log1p, scale=scale, scale_max_value=scale_max_value,
+        val_size=val_size, test_size=test_size, batch_aware_split=batch_aware_split,
+        stratify=stratify,
+    )  # fmt: skip
     check_split_sizes(val_size, test_size)
     if batch_aware_split and batch_key is None:
         msg = "batch_aware_split=True needs batch_key= (the column whose batches are held out)."
@@ -295,7 +338,7 @@ def prepare_data(
         adata, layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
         split_key=split_key,
     )  # fmt: skip
-    _validate_values(fields, normalize=normalize, log1p=log1p, use_hvg=use_hvg)
+    summary = _validate_values(fields, normalize=normalize, log1p=log1p, use_hvg=use_hvg)
     label_encoder = None if label_key is None else CategoryEncoder.fit(fields.labels, key=label_key)
     batch_encoder = (
         None if batch_key is None else CategoryEncoder.fit(fields.batches, key=batch_key)
@@ -304,7 +347,7 @@ def prepare_data(
     batch = None if batch_encoder is None else batch_encoder.encode(fields.batches)
     assignment = _assign_split(
         fields, y, batch, split_key=split_key, val_size=val_size, test_size=test_size,
-        batch_aware_split=batch_aware_split, stratify=stratify, random_state=random_state,
+        batch_aware_split=batch_aware_split, stratify=stratify, random_state=seed,
     )  # fmt: skip
     split_rows = {name: np.flatnonzero(assignment == name) for name in SPLIT_NAMES}
     train_rows = split_rows["train"]
@@ -323,7 +366,7 @@ def prepare_data(
         if transform.columns is None
         else fields.feature_names[transform.columns]
     )
-    preprocessing = {
+    preprocessing: Preprocessing = {
         "source": fields.source,
         "layer": layer,
         "mod": mod if mod is None or isinstance(mod, str) else list(mod),
@@ -371,11 +414,14 @@ def prepare_data(
         split=split_categorical(assignment),
         obs_names=fields.obs_names,
         source=fields.source,
+        spec=spec,
+        seed=seed,
+        raw_counts=summary.is_integer and summary.min_value >= 0 and not (normalize or log1p),
     )
 
 
 def transform_from_preprocessing(
-    preprocessing: dict[str, Any], source_feature_names: pd.Index, *, source: str = "the data"
+    preprocessing: Preprocessing, source_feature_names: pd.Index, *, source: str = "the data"
 ) -> FeatureTransform:
     """Rebuild the feature transform for a matrix whose columns are ``source_feature_names``.
 
@@ -414,7 +460,7 @@ def transform_from_preprocessing(
 
 def transform_adata(
     adata: AnnData | MuData,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     *,
     label_encoder: CategoryEncoder | None = None,
     batch_encoder: CategoryEncoder | None = None,

@@ -80,6 +80,21 @@ class SplitData(Dataset):
         return int(self.rows.shape[0])
 
     @property
+    def X(self) -> np.ndarray:  # noqa: N802 (scDLKit 0.1.6 name, like AnnData.X)
+        """All cells as a dense float32 array after preprocessing (see :meth:`to_numpy`)."""
+        return self.to_numpy()
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Encoded labels of the cells (alias of ``y``, the scDLKit 0.1.6 name)."""
+        return self.y
+
+    @property
+    def batches(self) -> np.ndarray | None:
+        """Encoded batches of the cells (alias of ``batch``, the scDLKit 0.1.6 name)."""
+        return self.batch
+
+    @property
     def n_obs(self) -> int:
         """Number of cells."""
         return len(self)

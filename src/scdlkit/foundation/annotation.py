@@ -532,7 +532,7 @@ class AnnotationRunner:
             (path and SHA-256 hashes), ``params``, ``metrics``, ``version``.
         """
         from .. import __version__
-        from ..tl._handler import DataHandler, check_writable
+        from ..data.handler import DataHandler, check_writable
 
         check_writable(adata)
         adata = adata.copy() if copy else adata

@@ -17,6 +17,7 @@ from .._errors import format_names
 from ..data import resolve_fields
 from ..data.fields import ModSpec
 from ..data.matrix import is_backed, is_sparse, iter_row_blocks, summarize_matrix
+from ..data.prepare import raw_counts_message
 
 #: A class with fewer cells than this is reported (stratified splits cannot place it well).
 MIN_CELLS_PER_CLASS = 5
@@ -272,10 +273,7 @@ def _value_issues(
             f"turn {steps} off."
         )
     if report.looks_like_counts and report.n_vars and not (normalize or log1p):
-        report.issues.append(
-            f"{source} looks like raw counts, but normalize=False and log1p=False; models with "
-            "a squared-error loss train poorly on raw counts. Pass normalize=True, log1p=True."
-        )
+        report.issues.append(raw_counts_message(source))
     if (
         log1p
         and not report.looks_like_counts

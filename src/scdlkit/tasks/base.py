@@ -54,7 +54,11 @@ class Task:
     required_batch_keys
         Batch keys the loss needs (``"y"`` for classification).
     required_output_keys
-        Model outputs the task needs.
+        Model outputs the task needs to train.
+    predict_output_keys
+        Model outputs the task needs at inference (``None``: the same). A
+        representation is trained by reconstruction but predicted by its latent
+        alone, so inference-only models need only return ``latent``.
     description
         One line for :func:`~scdlkit.tasks.list_tasks`.
 
@@ -75,6 +79,7 @@ class Task:
     output_keys: ClassVar[tuple[str, ...]] = ()
     required_batch_keys: ClassVar[tuple[str, ...]] = ("x",)
     required_output_keys: ClassVar[tuple[str, ...]] = ()
+    predict_output_keys: ClassVar[tuple[str, ...] | None] = None
     description: ClassVar[str] = ""
 
     def __repr__(self) -> str:
@@ -153,7 +158,9 @@ class Task:
             )
         raise ValueError(msg)
 
-    def check_outputs(self, outputs: Any, model: nn.Module) -> Outputs:
+    def check_outputs(
+        self, outputs: Any, model: nn.Module, *, required: tuple[str, ...] | None = None
+    ) -> Outputs:
         """Raise a ``ValueError`` unless the model returned a dict with this task's required outputs.
 
         Examples
@@ -165,14 +172,15 @@ class Task:
                 [0., 0., 0.]])}
         """
         cls = type(unwrap_model(model)).__name__ if model is not None else "The model"
+        required = self.required_output_keys if required is None else required
         if not isinstance(outputs, Mapping):
             msg = (
                 f"{cls}.forward returned a {type(outputs).__name__}, but scdlkit models must return a "
-                f"dict of tensors (the {self.name!r} task needs {format_names(self.required_output_keys)}). "
+                f"dict of tensors (the {self.name!r} task needs {format_names(required)}). "
                 "Wrap plain modules with scdlkit.adapters."
             )
             raise ValueError(msg)
-        missing = [key for key in self.required_output_keys if key not in outputs]
+        missing = [key for key in required if key not in outputs]
         if missing:
             msg = (
                 f"The {self.name!r} task needs the model outputs {format_names(missing)}, but "
@@ -259,5 +267,8 @@ class Task:
         if "x" not in batch:
             msg = f"Batches must contain 'x', got keys {format_names(batch)}."
             raise ValueError(msg)
-        outputs = self.check_outputs(model(batch["x"]), model)
+        required = self.required_output_keys
+        if self.predict_output_keys is not None:
+            required = self.predict_output_keys
+        outputs = self.check_outputs(model(batch["x"]), model, required=required)
         return {key: outputs[key] for key in self.output_keys if key in outputs}

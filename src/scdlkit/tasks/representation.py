@@ -11,7 +11,8 @@ class RepresentationTask(ReconstructionTask):
     Trained like :class:`~scdlkit.tasks.ReconstructionTask` (squared error
     summed over features plus the model's ``extra_losses``), but the model must
     return a ``latent``, and ``latent`` is the main prediction (it lands in
-    ``.obsm["X_scdlkit"]``).
+    ``.obsm["X_scdlkit"]``). At inference only ``latent`` is needed, so
+    inference-only encoders can predict without a reconstruction.
 
     Examples
     --------
@@ -25,4 +26,5 @@ class RepresentationTask(ReconstructionTask):
     name = "representation"
     output_keys = ("latent", "reconstruction")
     required_output_keys = ("latent", "reconstruction")
+    predict_output_keys = ("latent",)
     description = "Latent space learned by reconstruction; predicts latent (+ reconstruction)."

@@ -12,7 +12,7 @@ from scanpy import logging as logg
 
 from .._docs import doc_adata, doc_copy, doc_layer, doc_mod, doc_params
 from ..data.fields import ModSpec
-from ._handler import DataHandler, check_writable
+from ..data.handler import DataHandler, check_writable
 
 if TYPE_CHECKING:
     from ..foundation import ScGPTModel

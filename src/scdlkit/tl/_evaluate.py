@@ -14,8 +14,9 @@ from scanpy import logging as logg
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._errors import MissingKeyError
 from ..data import SplitData, get_obs_column, transform_adata
-from ._handler import DataHandler, check_writable
-from ._predict import _UNSET, _record_holder
+from ..data.handler import DataHandler, check_writable
+from ..data.record import record_holder
+from ._predict import UNSET
 
 _SPLITS = ("train", "val", "test")
 _PREDICT_HINT = "Run scdlkit.tl.predict(adata, key={key!r}) first"
@@ -168,7 +169,7 @@ def evaluate(
     metrics: str | Sequence[str] | None = None,
     label_key: str | None = None,
     batch_key: str | None = None,
-    mod: Any = _UNSET,
+    mod: Any = UNSET,
     n_neighbors: int = 15,
     clustering: Literal["leiden", "kmeans"] = "leiden",
     resolution: float = 1.0,
@@ -252,7 +253,7 @@ def evaluate(
     check_writable(adata)
     adata = adata.copy() if copy else adata
     start = logg.info(f"evaluating scdlkit run {key!r}")
-    holder = _record_holder(adata, key, mod)
+    holder = record_holder(adata, key, None if mod is UNSET else mod)
     record = _read_record(holder, key)
     params = record.get("params", {})
     mod_spec = _modality_spec(adata, holder, params)

@@ -2,97 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 from scanpy import logging as logg
 from torch import nn
 
+from .. import pipeline
 from .._docs import doc_adata, doc_copy, doc_key_added, doc_layer, doc_mod, doc_params
-from .._errors import format_names
-from ..data import prepare_data
 from ..data.fields import ModSpec
-from ._handler import DataHandler, check_writable
-
-#: Default parent folder of checkpoint bundles, relative to the working directory.
-DEFAULT_CHECKPOINT_DIR = "scdlkit_checkpoints"
-
-
-def _model_task(model: str | nn.Module, task: str | None) -> str:
-    """Return the task to train, checked against the model before any data is read."""
-    from ..models import get_model_class
-    from ..tasks import get_task
-
-    if not isinstance(model, str):
-        if task is not None:
-            get_task(task).check_model(model)
-    if isinstance(model, str):
-        supported = get_model_class(model).supported_tasks
-    else:
-        supported = tuple(getattr(model, "supported_tasks", ()))
-    if task is not None:
-        name = get_task(task).name
-        if name not in supported:
-            msg = (
-                f"Model {model!r} does not support the {name!r} task (its supported tasks: "
-                f"{format_names(supported)}). Pass task= one of those or choose another model "
-                "(scdlkit.list_models() shows what each supports)."
-            )
-            raise ValueError(msg)
-        return name
-    if not supported:
-        msg = (
-            f"{type(model).__name__} declares no supported_tasks; pass task= or wrap the module with "
-            "scdlkit.adapters.wrap_reconstruction_module / wrap_classification_module."
-        )
-        raise ValueError(msg)
-    return supported[0]
-
-
-def _build_model(
-    model: str | nn.Module, prepared: Any, task: str, model_kwargs: dict[str, Any], seed: int
-) -> nn.Module:
-    from ..models import create_model
-
-    if isinstance(model, str):
-        kwargs = dict(model_kwargs)
-        if task == "classification" and "num_classes" not in kwargs:
-            kwargs["num_classes"] = prepared.label_encoder.n_categories
-        return create_model(model, input_dim=prepared.input_dim, seed=seed, **kwargs)
-    if model_kwargs:
-        msg = "model_kwargs only apply when model is a registry name; configure the model instance yourself."
-        raise ValueError(msg)
-    expected = getattr(model, "input_dim", None)
-    if expected is not None and expected != prepared.input_dim:
-        msg = (
-            f"The model expects {expected} input features but the prepared data has {prepared.input_dim}; "
-            "build the model with input_dim matching the data (after use_hvg/layer selection)."
-        )
-        raise ValueError(msg)
-    return model
-
-
-def _check_labels(task: str, label_key: str | None, prepared: Any) -> None:
-    if task != "classification":
-        return
-    if label_key is None:
-        msg = "task='classification' needs label_key= (the .obs column with the cell labels)."
-        raise ValueError(msg)
-    if prepared.label_encoder.n_categories < 2:
-        msg = (
-            f"label_key {label_key!r} has a single class ({prepared.label_encoder.categories[0]!r}); "
-            "classification needs at least two."
-        )
-        raise ValueError(msg)
-
-
-def _history_record(frame: Any) -> dict[str, np.ndarray]:
-    return {column: frame[column].to_numpy(dtype=np.float64) for column in frame.columns}
+from ..data.handler import DataHandler, check_writable
+from ..data.record import SPLIT_KEY, check_key_added
+from ..data.spec import DEFAULT_SEED, DataSpec
+from ..train.options import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainerOptions
 
 
 @doc_params(
@@ -123,11 +48,11 @@ def fit(
     key_added: str = "scdlkit",
     checkpoint_dir: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    epochs: int = 200,
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
     device: str = "auto",
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     copy: bool = False,
     **trainer_kwargs: Any,
 ) -> AnnData | MuData | None:
@@ -177,7 +102,7 @@ def fit(
         Training controls (see :class:`~scdlkit.Trainer`); ``seed`` also fixes the
         split and the initial weights. ``epochs`` is an upper bound: training
         stops early when the validation loss has not improved for
-        ``early_stopping_patience`` epochs (10 by default).
+        ``early_stopping_patience`` epochs (20 by default, as on every surface).
     {doc_copy}
     **trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``early_stopping_patience``,
@@ -210,87 +135,53 @@ def fit(
     >>> adata.obsm["X_scdlkit"].shape
     (700, 32)
     """
-    from .. import __version__
-    from ..train import Trainer
-
-    start = logg.info(f"training {model if isinstance(model, str) else type(model).__name__}")
+    start = logg.info(f"training {pipeline.model_name(model)}")
     check_writable(adata)
     adata = adata.copy() if copy else adata
-    if not isinstance(key_added, str) or not key_added or "/" in key_added:
-        msg = f"key_added must be a non-empty string without '/', got {key_added!r}."
-        raise ValueError(msg)
+    key_added = check_key_added(key_added)
     handler = DataHandler(adata, mod)
-    task_name = _model_task(model, task)
-    prepared = prepare_data(
-        adata, layer=layer, mod=mod, use_raw=use_raw, use_hvg=use_hvg, n_top_genes=n_top_genes,
-        normalize=normalize, log1p=log1p, scale=scale, label_key=label_key, batch_key=batch_key,
-        split_key=split_key, val_size=val_size, test_size=test_size, random_state=seed,
+    spec = DataSpec(
+        layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
+        split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
+        log1p=log1p, scale=scale, val_size=val_size, test_size=test_size,
     )  # fmt: skip
-    _check_labels(task_name, label_key, prepared)
-    module = _build_model(model, prepared, task_name, model_kwargs or {}, seed)
-    trainer = Trainer(
-        module, task or task_name, epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed,
-        **trainer_kwargs,
+    options = TrainerOptions.from_kwargs(
+        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
+         **trainer_kwargs}
     )  # fmt: skip
-    trainer.fit(prepared.train, prepared.val)
-    if not trainer.is_main_process:
+    run = pipeline.fit(
+        adata, model, task=task, spec=spec, model_kwargs=model_kwargs, options=options
+    )
+    if not run.is_main_process:
         logg.info(
-            f"    rank {trainer.distributed.rank}: training finished; rank 0 writes the checkpoint "
-            "and the AnnData record",
+            f"    rank {run.trainer.distributed.rank}: training finished; rank 0 writes the "
+            "checkpoint and the AnnData record",
             time=start,
         )
         return adata if copy else None
 
-    params = {
-        "model": model if isinstance(model, str) else type(model).__name__,
-        "task": task_name, "layer": layer, "mod": mod, "use_raw": use_raw, "label_key": label_key,
-        "batch_key": batch_key, "split_key": split_key, "use_hvg": use_hvg, "n_top_genes": n_top_genes,
-        "normalize": normalize, "log1p": log1p, "scale": scale, "val_size": val_size,
-        "test_size": test_size, "model_kwargs": model_kwargs or {}, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "device": str(trainer.device), "seed": seed,
-        **{k: v for k, v in trainer.settings().items() if k in trainer_kwargs},
-    }  # fmt: skip
-    parent = (
-        Path(checkpoint_dir) if checkpoint_dir is not None else Path.cwd() / DEFAULT_CHECKPOINT_DIR
-    )
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = trainer.save_checkpoint(
-        parent / f"{key_added}_{stamp}",
-        prepared=prepared,
+    params = run.params(options, given=trainer_kwargs)
+    path = pipeline.save_run(
+        run,
+        pipeline.checkpoint_path(checkpoint_dir, key_added),
         metadata={"key_added": key_added, "params": params},
-    ).resolve()
-
-    model_config = getattr(module, "config", None) or {"name": None, "kwargs": {}}
-    record: dict[str, Any] = {
-        "params": params,
-        "history": _history_record(trainer.history_frame),
-        "checkpoint": str(path),
-        "model": model_config.get("name") or type(module).__name__,
-        "model_config": model_config.get("kwargs", {}),
-        "task": task_name,
-        "best_epoch": trainer.best_epoch,
-        "best_loss": trainer.best_loss,
-        "epochs_run": trainer.epochs_run,
-        "version": __version__,
-    }
-    if prepared.label_encoder is not None:
-        record["label_key"] = label_key
-        record["label_categories"] = list(prepared.label_encoder.categories)
+    )
     existing = handler.clear_previous(key_added, include_split=True)
+    split_name = SPLIT_KEY.format(key=key_added)
     if split_key is None:
-        handler.stage(
-            "obs", f"{key_added}_split", pd.Series(prepared.split, index=prepared.obs_names)
-        )
-    handler.stage("uns", key_added, record)
+        prepared = run.prepared
+        handler.stage("obs", split_name, pd.Series(prepared.split, index=prepared.obs_names))
+    handler.stage("uns", key_added, run.record(params))
     handler.log_overwrite(
         key_added, existing + ([f"uns[{key_added!r}]"] if key_added in handler.target.uns else [])
     )
     handler.commit()
-    monitored = "val loss" if prepared.val is not None else "train loss"
+    trainer = run.trainer
+    monitored = "val loss" if run.prepared.val is not None else "train loss"
     logg.info(
         f"    finished: {trainer.epochs_run} epochs, best {monitored} {trainer.best_loss:.4g} at epoch "
         f"{trainer.best_epoch}; checkpoint in {path}",
         time=start,
-        deep=f"added '{key_added}' (uns)" + ("" if split_key else f", '{key_added}_split' (obs)"),
+        deep=f"added '{key_added}' (uns)" + ("" if split_key else f", '{split_name}' (obs)"),
     )
     return adata if copy else None

@@ -12,35 +12,54 @@ from mudata import MuData
 from scanpy import logging as logg
 from torch import nn
 
+from .. import pipeline
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
-from .._errors import MissingKeyError, format_names
-from ..data import CategoryEncoder, transform_adata
+from .._errors import MissingKeyError
+from .._version import __version__
 from ..data.fields import ModSpec
+from ..data.handler import DataHandler, check_writable
+from ..data.record import (
+    align_rows,
+    latent_key,
+    reconstruction_key,
+    reconstruction_location,
+    record_holder,
+)
+from ..evaluation._probabilities import predicted_codes, softmax
 from ..train.distributed import is_main_process
-from ._handler import DataHandler, check_writable
 
-#: What ``outputs=`` may ask for, and the model output each one needs.
-OUTPUTS = {
-    "latent": "latent",
-    "reconstruction": "reconstruction",
-    "logits": "logits",
-    "probabilities": "logits",
-    "prediction": "logits",
-}
-_DEFAULT_OUTPUTS = {
-    "representation": ("latent", "reconstruction"),
-    "reconstruction": ("latent", "reconstruction"),
-    "classification": ("latent", "logits", "probabilities", "prediction"),
-}
-_UNSET: Any = object()
+#: Marks ``mod``/``layer`` arguments left to what the model was trained on.
+UNSET: Any = pipeline.TRAINED
 
 
-def _find_checkpoint(
-    target: AnnData | MuData, key: str, checkpoint: str | Path | None
+def _stage_reconstruction(
+    handler: DataHandler, prefix: str, values: np.ndarray, features: list[str], record: dict
+) -> str:
+    """Stage the reconstruction where :func:`~scdlkit.data.record.reconstruction_location` says."""
+    target = handler.target
+    name = reconstruction_key(prefix)
+    record["reconstruction_features"] = features
+    slot, positions = reconstruction_location(target, prefix, features)
+    if slot == "obsm":
+        handler.stage("obsm", name, values)
+        return f"'{name}' (obsm; its features are in uns['{prefix}']['reconstruction_features'])"
+    n_vars = target.var_names.shape[0]
+    if positions.shape[0] == n_vars and np.array_equal(positions, np.arange(n_vars)):
+        layer = values
+    else:
+        layer = np.full((values.shape[0], n_vars), np.nan, dtype=np.float32)
+        layer[:, positions] = values
+    handler.stage("layers", name, layer)
+    return f"'{name}' (layers)"
+
+
+def _checkpoint_of(
+    holder: AnnData | MuData, key: str, checkpoint: str | Path | None
 ) -> tuple[Path, dict]:
-    record = target.uns.get(key)
+    record = holder.uns.get(key)
+    record = record if isinstance(record, dict) else {}
     if checkpoint is None:
-        if not isinstance(record, dict) or "checkpoint" not in record:
+        if "checkpoint" not in record:
             msg = (
                 f"Did not find a scdlkit run under .uns[{key!r}]. Run scdlkit.tl.fit(adata, ..., "
                 f"key_added={key!r}) first, pass key= of an earlier run, or checkpoint=<path> of a "
@@ -48,77 +67,7 @@ def _find_checkpoint(
             )
             raise MissingKeyError(msg)
         checkpoint = record["checkpoint"]
-    path = Path(str(checkpoint))
-    if not path.is_dir():
-        msg = (
-            f"The checkpoint {str(path)!r} does not exist (moved or deleted?). Pass checkpoint=<new "
-            "location> to predict with it."
-        )
-        raise FileNotFoundError(msg)
-    return path, record if isinstance(record, dict) else {}
-
-
-def _record_holder(adata: AnnData | MuData, key: str, mod: Any) -> AnnData | MuData:
-    """Return the object whose ``.uns[key]`` holds the run (AnnData, a modality or the MuData)."""
-    if isinstance(adata, AnnData):
-        return adata
-    if mod is not _UNSET and mod is not None:
-        return DataHandler(adata, mod).target
-    if key in adata.uns:
-        return adata
-    holders = [name for name, modality in adata.mod.items() if key in modality.uns]
-    if len(holders) > 1:
-        msg = f"Modalities {format_names(holders)} each hold a run under key {key!r}; pass mod= to choose."
-        raise ValueError(msg)
-    return adata.mod[holders[0]] if holders else adata
-
-
-def _check_outputs(outputs: Any, task: str) -> tuple[str, ...]:
-    if outputs is None:
-        return _DEFAULT_OUTPUTS[task]
-    requested = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-    unknown = [name for name in requested if name not in OUTPUTS]
-    if unknown:
-        msg = f"Unknown outputs {format_names(unknown)}; choose from {format_names(OUTPUTS)}."
-        raise ValueError(msg)
-    return requested
-
-
-def _full_rows(values: np.ndarray, rows: pd.Index | None, target_obs: pd.Index) -> np.ndarray:
-    """Place per-cell results in the target's cell order (NaN for cells without a result)."""
-    if rows is None or rows.equals(target_obs):
-        return values
-    out = np.full((target_obs.shape[0], *values.shape[1:]), np.nan, dtype=np.float32)
-    out[target_obs.get_indexer(rows)] = values
-    return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _stage_reconstruction(
-    handler: DataHandler, prefix: str, values: np.ndarray, features: list[str], record: dict
-) -> str:
-    """Reconstruction goes to ``.layers`` when its features are genes of the target, else ``.obsm``."""
-    target = handler.target
-    var_names = getattr(target, "var_names", None)
-    positions = None if var_names is None else var_names.get_indexer(features)
-    if positions is not None and (positions >= 0).all():
-        if positions.shape[0] == var_names.shape[0] and np.array_equal(
-            positions, np.arange(positions.shape[0])
-        ):
-            layer = values
-        else:
-            layer = np.full((values.shape[0], var_names.shape[0]), np.nan, dtype=np.float32)
-            layer[:, positions] = values
-        handler.stage("layers", f"{prefix}_reconstruction", layer)
-        record["reconstruction_features"] = features
-        return f"'{prefix}_reconstruction' (layers)"
-    handler.stage("obsm", f"{prefix}_reconstruction", values)
-    record["reconstruction_features"] = features
-    return f"'{prefix}_reconstruction' (obsm; its features are in uns['{prefix}']['reconstruction_features'])"
+    return Path(str(checkpoint)), record
 
 
 @doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
@@ -128,8 +77,8 @@ def predict(
     key: str = "scdlkit",
     checkpoint: str | Path | None = None,
     outputs: str | list[str] | None = None,
-    mod: ModSpec = _UNSET,
-    layer: str | None = _UNSET,
+    mod: ModSpec = UNSET,
+    layer: str | None = UNSET,
     batch_size: int = 1024,
     device: str = "auto",
     key_added: str | None = None,
@@ -204,9 +153,6 @@ def predict(
     ... )
     True
     """
-    from .. import __version__
-    from ..train import Trainer
-
     check_writable(adata)
     adata = adata.copy() if copy else adata
     if not is_main_process():
@@ -214,23 +160,15 @@ def predict(
         return adata if copy else None
     prefix = key_added or key
     start = logg.info(f"predicting with scdlkit run {key!r}")
-    path, record = _find_checkpoint(_record_holder(adata, key, mod), key, checkpoint)
-    trainer = Trainer.load_checkpoint(
-        path, device=device, model=model, progress=False, strategy="single"
-    )
-    config = trainer.checkpoint_config
-    if "preprocessing" not in config:
-        msg = (
-            f"Checkpoint {str(path)!r} has no preprocessing record (it was saved without prepared=); "
-            "predict on it with Trainer.predict_dataset(...) instead."
-        )
-        raise ValueError(msg)
-    preprocessing = config["preprocessing"]
-    mod = preprocessing.get("mod") if mod is _UNSET else mod
+    holder = record_holder(adata, key, None if mod is UNSET else mod)
+    path, record = _checkpoint_of(holder, key, checkpoint)
+    loaded = pipeline.load_run(path, device=device, model=model)
+    preprocessing = loaded.preprocessing
+    mod = preprocessing.get("mod") if mod is UNSET else mod
     if isinstance(adata, AnnData):
         mod = None
     handler = DataHandler(adata, mod)
-    requested = _check_outputs(outputs, config["task"])
+    requested = pipeline.requested_outputs(outputs, loaded.task)
     if (
         outputs is None
         and getattr(handler.target, "isbacked", False)
@@ -241,43 +179,37 @@ def predict(
             "    backed AnnData: the reconstruction (dense cells x genes) is not computed by default; "
             "pass outputs=[..., 'reconstruction'] to write it"
         )
-    data = transform_adata(
-        adata, preprocessing, layer=preprocessing.get("layer") if layer is _UNSET else layer, mod=mod,
-        use_raw=bool(preprocessing.get("use_raw")),
-    )  # fmt: skip
-    needed = {OUTPUTS[name] for name in requested}
-    results = trainer.predict_dataset(
-        data, batch_size=batch_size, include_inputs=False, outputs=needed
-    )
-    missing = sorted(needed - set(results))
-    if missing:
-        msg = f"The model does not produce {format_names(missing)}; it produces {format_names(results)}."
-        raise ValueError(msg)
+    data = loaded.query(adata, layer=layer, mod=mod)
+    needed = {pipeline.OUTPUTS[name] for name in requested}
+    results = loaded.outputs(data, needed=needed, batch_size=batch_size)
 
     target_obs = handler.target.obs_names
     new_record = dict(record) if prefix == key and record else {}
     new_record.update(
-        {"checkpoint": str(path), "task": config["task"], "version": __version__,
-         "model": config["model"].get("name") or config.get("model_class", "")}
-    )  # fmt: skip
+        {
+            "checkpoint": str(path),
+            "task": loaded.task,
+            "version": __version__,
+            "model": loaded.model,
+        }
+    )
     existing = handler.clear_previous(prefix)
     written = []
     if "latent" in requested:
-        handler.stage(
-            "obsm", f"X_{prefix}", _full_rows(results["latent"], data.obs_names, target_obs)
-        )
-        written.append(f"'X_{prefix}' (obsm)")
+        name = latent_key(prefix)
+        handler.stage("obsm", name, align_rows(results["latent"], data.obs_names, target_obs))
+        written.append(f"'{name}' (obsm)")
     if "reconstruction" in requested:
-        values = _full_rows(results["reconstruction"], data.obs_names, target_obs)
+        values = align_rows(results["reconstruction"], data.obs_names, target_obs)
         written.append(
             _stage_reconstruction(
                 handler, prefix, values, preprocessing["feature_names"], new_record
             )
         )
     if {"logits", "probabilities", "prediction"} & set(requested):
-        encoder = CategoryEncoder.from_dict(config["label_encoder"])
-        logits = _full_rows(results["logits"], data.obs_names, target_obs)
-        probabilities = _softmax(np.nan_to_num(logits))
+        encoder = loaded.encoder("label")
+        logits = align_rows(results["logits"], data.obs_names, target_obs)
+        probabilities = softmax(logits)
         new_record["label_categories"] = list(encoder.categories)
         new_record.setdefault("label_key", encoder.key)
         if "logits" in requested:
@@ -287,12 +219,8 @@ def predict(
             handler.stage("obsm", f"{prefix}_probabilities", probabilities)
             written.append(f"'{prefix}_probabilities' (obsm)")
         if "prediction" in requested:
-            codes = probabilities.argmax(axis=1)
-            has_result = ~np.isnan(logits).any(axis=1)
-            labels = pd.Categorical.from_codes(
-                np.where(has_result, codes, -1), list(encoder.categories)
-            )
-            confidence = np.where(has_result, probabilities.max(axis=1), np.nan)
+            codes, confidence = predicted_codes(probabilities)
+            labels = pd.Categorical.from_codes(codes, list(encoder.categories))
             handler.stage("obs", f"{prefix}_prediction", pd.Series(labels, index=target_obs))
             handler.stage("obs", f"{prefix}_confidence", pd.Series(confidence, index=target_obs))
             written.append(f"'{prefix}_prediction', '{prefix}_confidence' (obs)")

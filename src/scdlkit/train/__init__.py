@@ -1,7 +1,7 @@
 """Training: the ``Trainer`` loop, checkpoint bundles, callbacks and device handling."""
 
+from .bundle import read_config
 from .callbacks import Callback
-from .checkpoint import read_config
 from .device import resolve_device
 from .distributed import is_main_process
 from .trainer import Trainer

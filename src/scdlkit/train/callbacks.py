@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+class Trainer(Protocol):
+    """What a callback sees of the :class:`~scdlkit.Trainer` (no import of the loop, no cycle)."""
+
+    stop_training: bool
+    epochs_run: int
+    history: list[dict[str, float]]
 
 
 class Callback:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +20,30 @@ from ..data import SplitData
 from ..data.device_data import fits_on_device
 from . import distributed
 from .batches import BatchSource, to_device
+from .bundle import (
+    BundleData,
+    bundle_config,
+    history_rows,
+    read_config,
+    read_training_state,
+    rebuild_model,
+    write_bundle,
+)
 from .callbacks import Callback
-from .checkpoint import read_config, read_training_state, read_weights, write_bundle
 from .collect import OutputCollector
 from .device import autocast, autocast_dtype, resolve_device
+from .options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_PATIENCE,
+    OptimizerSpec,
+    SchedulerSpec,
+    TrainerOptions,
+    build_optimizer,
+    build_scheduler,
+)
 from .prefetch import prefetch as prefetch_batches
-
-OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerSpec = str | Callable[[torch.optim.Optimizer], Any] | None
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-_SCHEDULERS = ("cosine", "plateau", "step")
-
-
-def _positive(name: str, value: float, *, integer: bool = False, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = ">= 0" if allow_zero else "> 0"
-        msg = f"{name} must be {kind} {bound}, got {value!r}."
-        raise ValueError(msg)
 
 
 class Trainer:
@@ -142,16 +142,16 @@ class Trainer:
         model: nn.Module,
         task: str | Any,
         *,
-        epochs: int = 50,
-        batch_size: int = 256,
-        lr: float = 1e-3,
+        epochs: int = DEFAULT_EPOCHS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        lr: float = DEFAULT_LR,
         weight_decay: float = 0.0,
         optimizer: OptimizerSpec = "adam",
         scheduler: SchedulerSpec = None,
         grad_clip: float | None = None,
         device: str | torch.device = "auto",
         mixed_precision: bool | str = False,
-        early_stopping_patience: int | None = 10,
+        early_stopping_patience: int | None = DEFAULT_PATIENCE,
         min_delta: float = 0.0,
         checkpoint: bool = True,
         seed: int = 42,
@@ -173,34 +173,16 @@ class Trainer:
             raise TypeError(msg)
         self.task = get_task(task)
         self.task.check_model(model)
-        _positive("epochs", epochs, integer=True)
-        _positive("batch_size", batch_size, integer=True)
-        _positive("lr", lr)
-        _positive("weight_decay", weight_decay, allow_zero=True)
-        _positive("val_every", val_every, integer=True)
-        _positive("num_workers", num_workers, integer=True, allow_zero=True)
-        _positive("min_delta", min_delta, allow_zero=True)
-        if early_stopping_patience is not None:
-            _positive(
-                "early_stopping_patience", early_stopping_patience, integer=True, allow_zero=True
-            )
-        if grad_clip is not None:
-            _positive("grad_clip", grad_clip)
-        if eval_batch_size is not None:
-            _positive("eval_batch_size", eval_batch_size, integer=True)
-        if prefetch != "auto":
-            _positive("prefetch", prefetch, integer=True, allow_zero=True)
-        if data_on_device not in ("auto", True, False):
-            msg = f"data_on_device must be 'auto', True or False, got {data_on_device!r}."
-            raise ValueError(msg)
-        if isinstance(optimizer, str) and optimizer not in _OPTIMIZERS:
-            msg = (
-                f"Unknown optimizer {optimizer!r}; use one of {sorted(_OPTIMIZERS)} or a callable."
-            )
-            raise ValueError(msg)
-        if isinstance(scheduler, str) and scheduler not in _SCHEDULERS:
-            msg = f"Unknown scheduler {scheduler!r}; use one of {list(_SCHEDULERS)}, None or a callable."
-            raise ValueError(msg)
+        options = TrainerOptions(
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            optimizer=optimizer, scheduler=scheduler, grad_clip=grad_clip, device=device,
+            mixed_precision=mixed_precision, early_stopping_patience=early_stopping_patience,
+            min_delta=min_delta, checkpoint=checkpoint, seed=seed, val_every=val_every,
+            eval_batch_size=eval_batch_size, num_workers=num_workers, prefetch=prefetch,
+            data_on_device=data_on_device, compile_model=compile_model, strategy=strategy,
+            progress=progress, callbacks=tuple(callbacks), verbose=verbose,
+        )  # fmt: skip
+        self.options = options
         use_ddp = distributed.wants_distributed(strategy)
         self.device = resolve_device(distributed.local_device(device) if use_ddp else device)
         self.distributed = distributed.setup(self.device) if use_ddp else None
@@ -264,47 +246,18 @@ class Trainer:
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
         """Return the JSON-able constructor settings (stored in checkpoints)."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "optimizer": self.optimizer_spec if isinstance(self.optimizer_spec, str) else "custom",
-            "scheduler": self.scheduler_spec
-            if self.scheduler_spec is None or isinstance(self.scheduler_spec, str)
-            else "custom",
-            "grad_clip": self.grad_clip,
-            "mixed_precision": self.mixed_precision,
-            "early_stopping_patience": self.early_stopping_patience,
-            "min_delta": self.min_delta,
-            "checkpoint": self.checkpoint,
-            "seed": self.seed,
-            "val_every": self.val_every,
-        }
+        return self.options.to_dict()
+
+    @classmethod
+    def from_options(cls, model: nn.Module, task: str | Any, options: TrainerOptions) -> Trainer:
+        """Build a trainer from a :class:`~scdlkit.train.TrainerOptions`."""
+        return cls(model, task, **options.to_kwargs())
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            msg = f"{type(self.model).__name__} has no trainable parameters (all have requires_grad=False)."
-            raise ValueError(msg)
-        spec = self.optimizer_spec
-        if isinstance(spec, str):
-            return _OPTIMIZERS[spec](params, lr=self.lr, weight_decay=self.weight_decay)
-        return spec(params)
+        return build_optimizer(self.model, self.options)
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        spec = self.scheduler_spec
-        if spec is None:
-            return None
-        if spec == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
-        if spec == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
-        if spec == "step":
-            return torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=max(1, self.epochs // 4), gamma=0.5
-            )
-        return spec(optimizer)
+        return build_scheduler(optimizer, self.options)
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -651,21 +604,22 @@ class Trainer:
         self,
         path: str | os.PathLike,
         *,
-        prepared: Any = None,
+        prepared: BundleData | None = None,
         metadata: dict[str, Any] | None = None,
         overwrite: bool = False,
         include_training_state: bool = True,
     ) -> Path:
-        """Write the best weights as a checkpoint bundle (DESIGN §5), atomically.
+        """Write the best weights as a checkpoint bundle, atomically.
 
         Parameters
         ----------
         path
             Directory to create.
         prepared
-            The :class:`~scdlkit.data.PreparedData` the model was trained on; its
-            feature names, preprocessing and encoders are stored so that
-            predictions on new data can be made from the checkpoint alone.
+            The data the model was trained on, e.g. :class:`~scdlkit.data.PreparedData`
+            (any object with ``bundle_fields()``): its feature names, preprocessing,
+            data spec and encoders are stored so that predictions on new data can
+            be made from the checkpoint alone.
         metadata
             Extra JSON-able information to store under ``"metadata"``.
         overwrite
@@ -691,51 +645,44 @@ class Trainer:
             raise RuntimeError(msg)
         if not self.is_main_process:
             return Path(path)
-        from .. import __version__
-
         best = (
             self._best_state
             if self.checkpoint and self._best_state is not None
             else self._last_state
         )
-        model_config = getattr(self.model, "config", None) or {"name": None, "kwargs": {}}
-        config: dict[str, Any] = {
-            "scdlkit_version": __version__,
-            "model": model_config,
-            "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-            "task": self.task.name,
-            "trainer": self.settings(),
-            "best_epoch": self.best_epoch,
-            "best_loss": self.best_loss,
-            "epochs_run": self.epochs_run,
-            "interrupted": self.interrupted,
-            "history": self.history_frame.to_dict(orient="list"),
-            "metadata": metadata or {},
-        }
-        if prepared is not None:
-            config["feature_names"] = list(prepared.feature_names)
-            config["preprocessing"] = prepared.preprocessing
-            for name in ("label_encoder", "batch_encoder"):
-                encoder = getattr(prepared, name)
-                config[name] = None if encoder is None else encoder.to_dict()
-        training_state = None
-        if include_training_state:
-            training_state = {
-                "last_weights": self._last_state,
-                "best_weights": self._best_state,
-                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                "scaler": self._scaler.state_dict() if self._scaler.is_enabled() else None,
-                "history": self.history,
-                "epochs_run": self.epochs_run,
-                "bad_epochs": self._bad_epochs,
+        config = bundle_config(
+            self.model,
+            task=self.task.name,
+            settings=self.settings(),
+            summary={
                 "best_epoch": self.best_epoch,
                 "best_loss": self.best_loss,
-                "rng_state": self._rng_state,
-            }
+                "epochs_run": self.epochs_run,
+                "interrupted": self.interrupted,
+            },
+            history=self.history_frame,
+            data=prepared,
+            metadata=metadata,
+        )
+        training_state = self._training_state() if include_training_state else None
         return write_bundle(
             path, config=config, weights=best, training_state=training_state, overwrite=overwrite
         )
+
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "last_weights": self._last_state,
+            "best_weights": self._best_state,
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self._scaler.state_dict() if self._scaler.is_enabled() else None,
+            "history": self.history,
+            "epochs_run": self.epochs_run,
+            "bad_epochs": self._bad_epochs,
+            "best_epoch": self.best_epoch,
+            "best_loss": self.best_loss,
+            "rng_state": self._rng_state,
+        }
 
     @classmethod
     def load_checkpoint(
@@ -774,38 +721,12 @@ class Trainer:
             A model that cannot be rebuilt without ``model=``, or weights that do
             not match the architecture.
         """
-        from ..models import create_model
-
         config = read_config(path)
-        if model is None:
-            name = config["model"].get("name")
-            if name is None:
-                msg = (
-                    f"Checkpoint {str(path)!r} holds a custom module ({config.get('model_class')}) that "
-                    "cannot be rebuilt by name; pass model=<a module of the same architecture>."
-                )
-                raise ValueError(msg)
-            model = create_model(name, **config["model"]["kwargs"])
-        weights = read_weights(path)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as error:
-            msg = f"The weights in {str(path)!r} do not fit {type(model).__name__}: {error}"
-            raise ValueError(msg) from error
-        settings = {**config["trainer"], **overrides}
-        for key in ("optimizer", "scheduler"):
-            if settings.get(key) == "custom":
-                settings.pop(key)
-        trainer = cls(model, config["task"], device=device, **settings)
+        model = rebuild_model(path, config, model)
+        options = TrainerOptions.from_settings(config["trainer"], device=device, **overrides)
+        trainer = cls.from_options(model, config["task"], options)
         trainer.checkpoint_config = config
-        trainer.history = [
-            {
-                k: v
-                for k, v in row.items()
-                if v is not None and not (isinstance(v, float) and math.isnan(v))
-            }
-            for row in pd.DataFrame(config["history"]).to_dict(orient="records")
-        ]
+        trainer.history = history_rows(config)
         trainer.epochs_run = int(config["epochs_run"])
         trainer.best_epoch, trainer.best_loss = config["best_epoch"], config["best_loss"]
         return trainer

@@ -1,4 +1,4 @@
-"""One small object that lets every ``tl`` function read from and write to AnnData or MuData.
+"""One small object that lets every front read from and write to AnnData or MuData.
 
 Writes are staged and applied together by :meth:`DataHandler.commit`, after
 everything that can fail has run, so an error never leaves half-written keys.
@@ -16,14 +16,8 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._uns import h5ad_safe
-from ..data.fields import ModSpec, resolve_target
-
-#: Key suffixes a scdlkit run may have written, per slot (``{key}`` is the prefix).
-_OWNED = {
-    "obsm": ("X_{key}", "{key}_logits", "{key}_probabilities", "{key}_reconstruction"),
-    "layers": ("{key}_reconstruction",),
-    "obs": ("{key}_prediction", "{key}_confidence"),
-}
+from .fields import ModSpec, resolve_target
+from .record import OWNED_KEYS, SPLIT_KEY
 
 
 def check_writable(data: AnnData | MuData) -> None:
@@ -79,13 +73,13 @@ class DataHandler:
         """
         target = self.target
         existing = []
-        for slot, patterns in _OWNED.items():
+        for slot, patterns in OWNED_KEYS.items():
             store = getattr(target, slot, None)
             if store is None:  # a MuData has no .layers
                 continue
-            if slot == "obs" and include_split:
-                patterns = (*patterns, "{key}_split")
             for pattern in patterns:
+                if pattern == SPLIT_KEY and not include_split:
+                    continue
                 name = pattern.format(key=key)
                 if name in (store.columns if slot == "obs" else store):
                     existing.append(f"{slot}[{name!r}]")

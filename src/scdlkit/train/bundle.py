@@ -1,4 +1,4 @@
-"""The checkpoint bundle on disk (DESIGN §5): a directory written atomically.
+"""The checkpoint bundle on disk: a directory written atomically, read without running code.
 
 Layout::
 
@@ -19,34 +19,20 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 
 from .._atomic import atomic_directory
+from .._uns import json_safe
+from .._version import __version__
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 TRAINING_STATE_FILE = "training_state.pt"
-
-
-def json_safe(value: Any) -> Any:
-    """Convert ``value`` to plain JSON types (NaN becomes ``None``)."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [json_safe(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def write_bundle(
@@ -138,3 +124,78 @@ def read_training_state(
     return torch.load(
         _require(Path(path), TRAINING_STATE_FILE), map_location=map_location, weights_only=True
     )
+
+
+class BundleData(Protocol):
+    """What a bundle stores about the data a model was trained on (``PreparedData`` is one)."""
+
+    def bundle_fields(self) -> dict[str, Any]:
+        """Feature names, preprocessing, data spec and encoders, as JSON-able values."""
+
+
+def bundle_config(
+    model: nn.Module,
+    *,
+    task: str,
+    settings: dict[str, Any],
+    summary: dict[str, Any],
+    history: pd.DataFrame,
+    data: BundleData | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` of a bundle: version, model config, task, settings, history, data fields."""
+    model_config = getattr(model, "config", None) or {"name": None, "kwargs": {}}
+    config: dict[str, Any] = {
+        "scdlkit_version": __version__,
+        "model": model_config,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "task": task,
+        "trainer": settings,
+        **summary,
+        "history": history.to_dict(orient="list"),
+        "metadata": metadata or {},
+    }
+    if data is not None:
+        config.update(data.bundle_fields())
+    return config
+
+
+def rebuild_model(
+    path: str | os.PathLike, config: dict[str, Any], model: nn.Module | None
+) -> nn.Module:
+    """The bundle's model with its best weights: rebuilt by registry name, or loaded into ``model``.
+
+    Raises
+    ------
+    ValueError
+        A custom module without ``model=``, or weights that do not fit the architecture.
+    """
+    from ..models import create_model
+
+    if model is None:
+        name = config["model"].get("name")
+        if name is None:
+            msg = (
+                f"Checkpoint {str(path)!r} holds a custom module ({config.get('model_class')}) that "
+                "cannot be rebuilt by name; pass model=<a module of the same architecture>."
+            )
+            raise ValueError(msg)
+        model = create_model(name, **config["model"]["kwargs"])
+    try:
+        model.load_state_dict(read_weights(path))
+    except RuntimeError as error:
+        msg = f"The weights in {str(path)!r} do not fit {type(model).__name__}: {error}"
+        raise ValueError(msg) from error
+    return model
+
+
+def history_rows(config: dict[str, Any]) -> list[dict[str, float]]:
+    """The bundle's history as the Trainer keeps it: one dict per epoch, missing values left out."""
+    return [
+        {
+            k: v
+            for k, v in row.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        }
+        for row in pd.DataFrame(config["history"]).to_dict(orient="records")
+    ]

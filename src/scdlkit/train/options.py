@@ -1,0 +1,213 @@
+"""``TrainerOptions``: the settings of the training loop, typed, validated and stored once.
+
+Every front (``tl.fit``, ``TaskRunner``, the command line, annotation) builds
+one of these from its keyword arguments (:meth:`TrainerOptions.from_kwargs`)
+instead of copying the option list, and the same defaults hold everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._errors import format_names
+from .callbacks import Callback
+
+#: Default upper bound of epochs on every surface (early stopping usually ends sooner).
+DEFAULT_EPOCHS = 200
+#: Default epochs without improvement of the monitored loss before training stops.
+DEFAULT_PATIENCE = 20
+#: Default cells per minibatch.
+DEFAULT_BATCH_SIZE = 256
+#: Default learning rate.
+DEFAULT_LR = 1e-3
+
+OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerSpec = str | Callable[[torch.optim.Optimizer], Any] | None
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+SCHEDULERS = ("cosine", "plateau", "step")
+
+
+def check_positive(
+    name: str, value: float, *, integer: bool = False, allow_zero: bool = False
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (``>= 0`` with ``allow_zero``)."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    ok = ok and (value >= 0 if allow_zero else value > 0) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = ">= 0" if allow_zero else "> 0"
+        msg = f"{name} must be {kind} {bound}, got {value!r}."
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """Settings of :class:`~scdlkit.Trainer` (see its parameters); validated on construction.
+
+    Examples
+    --------
+    >>> options = TrainerOptions.from_kwargs({"epochs": 5, "lr": 3e-3})
+    >>> options.epochs, options.early_stopping_patience
+    (5, 20)
+    """
+
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    weight_decay: float = 0.0
+    optimizer: OptimizerSpec = "adam"
+    scheduler: SchedulerSpec = None
+    grad_clip: float | None = None
+    device: str | torch.device = "auto"
+    mixed_precision: bool | str = False
+    early_stopping_patience: int | None = DEFAULT_PATIENCE
+    min_delta: float = 0.0
+    checkpoint: bool = True
+    seed: int = 42
+    val_every: int = 1
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    prefetch: int | str = "auto"
+    data_on_device: bool | str = "auto"
+    compile_model: bool = False
+    strategy: str = "auto"
+    progress: bool | None = None
+    callbacks: Sequence[Callback] = field(default=())
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("epochs", self.epochs, integer=True)
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("val_every", self.val_every, integer=True)
+        check_positive("num_workers", self.num_workers, integer=True, allow_zero=True)
+        check_positive("min_delta", self.min_delta, allow_zero=True)
+        if self.early_stopping_patience is not None:
+            check_positive(
+                "early_stopping_patience",
+                self.early_stopping_patience,
+                integer=True,
+                allow_zero=True,
+            )
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)
+        if self.eval_batch_size is not None:
+            check_positive("eval_batch_size", self.eval_batch_size, integer=True)
+        if self.prefetch != "auto":
+            check_positive("prefetch", self.prefetch, integer=True, allow_zero=True)
+        if self.data_on_device not in ("auto", True, False):
+            msg = f"data_on_device must be 'auto', True or False, got {self.data_on_device!r}."
+            raise ValueError(msg)
+        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
+            msg = f"Unknown optimizer {self.optimizer!r}; use one of {sorted(OPTIMIZERS)} or a callable."
+            raise ValueError(msg)
+        if isinstance(self.scheduler, str) and self.scheduler not in SCHEDULERS:
+            msg = f"Unknown scheduler {self.scheduler!r}; use one of {list(SCHEDULERS)}, None or a callable."
+            raise ValueError(msg)
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Names of the options, in signature order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> TrainerOptions:
+        """Build options from keyword arguments.
+
+        Raises
+        ------
+        TypeError
+            An unknown option (the message lists the known ones).
+        """
+        unknown = sorted(set(options) - set(cls.option_names()))
+        if unknown:
+            msg = (
+                f"Unknown Trainer options {format_names(unknown)}; the Trainer takes "
+                f"{format_names(cls.option_names())}."
+            )
+            raise TypeError(msg)
+        return cls(**options)
+
+    def replace(self, **changes: Any) -> TrainerOptions:
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of :class:`~scdlkit.Trainer`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings stored in checkpoints (callables become ``"custom"``)."""
+
+        def named(spec: Any) -> Any:
+            return spec if spec is None or isinstance(spec, str) else "custom"
+
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "optimizer": named(self.optimizer),
+            "scheduler": named(self.scheduler),
+            "grad_clip": self.grad_clip,
+            "mixed_precision": self.mixed_precision,
+            "early_stopping_patience": self.early_stopping_patience,
+            "min_delta": self.min_delta,
+            "checkpoint": self.checkpoint,
+            "seed": self.seed,
+            "val_every": self.val_every,
+        }
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> TrainerOptions:
+        """Rebuild options from :meth:`to_dict` output (``"custom"`` specs fall back to defaults)."""
+        values = {**settings, **overrides}
+        for key in ("optimizer", "scheduler"):
+            if values.get(key) == "custom":
+                values.pop(key)
+        return cls.from_kwargs(values)
+
+
+def build_optimizer(model: nn.Module, options: TrainerOptions) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters of ``model``.
+
+    Raises
+    ------
+    ValueError
+        The model has no trainable parameters.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        msg = f"{type(model).__name__} has no trainable parameters (all have requires_grad=False)."
+        raise ValueError(msg)
+    spec = options.optimizer
+    if isinstance(spec, str):
+        return OPTIMIZERS[spec](params, lr=options.lr, weight_decay=options.weight_decay)
+    return spec(params)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, options: TrainerOptions) -> Any:
+    """The learning-rate scheduler (stepped once per epoch), or ``None``."""
+    spec = options.scheduler
+    if spec is None:
+        return None
+    if spec == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+    if spec == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    if spec == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(1, options.epochs // 4), gamma=0.5
+        )
+    return spec(optimizer)
