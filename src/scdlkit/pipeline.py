@@ -184,7 +184,7 @@ class FittedRun:
         return self.trainer.is_main_process
 
     def params(self, options: TrainerOptions, given: Collection[str] = ()) -> dict[str, Any]:
-        """The run's parameters as recorded in ``.uns[key]["params"]`` and in the bundle.
+        """Return the run's parameters as recorded in ``.uns[key]["params"]`` and in the bundle.
 
         ``given`` names Trainer options beyond the common ones that the user set.
         """
@@ -201,7 +201,7 @@ class FittedRun:
         }
 
     def record(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The run record written to ``.uns[key_added]`` (also what ``pl`` reads)."""
+        """Return the run record written to ``.uns[key_added]`` (also what ``pl`` reads)."""
         module = self.trainer.model
         model_config = getattr(module, "config", None) or {"name": None, "kwargs": {}}
         record: dict[str, Any] = {
@@ -350,7 +350,7 @@ class LoadedRun:
         return DataSpec.from_dict(stored)
 
     def encoder(self, role: str) -> CategoryEncoder | None:
-        """The ``"label"`` or ``"batch"`` encoder of the training run, if it had one."""
+        """Return the ``"label"`` or ``"batch"`` encoder of the training run, if it had one."""
         stored = self.config.get(f"{role}_encoder")
         return None if stored is None else CategoryEncoder.from_dict(stored)
 
@@ -439,7 +439,7 @@ def load_run(
 
 
 def requested_outputs(outputs: str | Collection[str] | None, task: str) -> tuple[str, ...]:
-    """The outputs to write: the task's defaults, or the checked request.
+    """Return the outputs to write: the task's defaults, or the checked request.
 
     Raises
     ------

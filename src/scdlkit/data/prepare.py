@@ -89,7 +89,7 @@ class PreparedData:
         return f"PreparedData({self.source}: {self.input_dim} features; {sizes})"
 
     def bundle_fields(self) -> dict[str, Any]:
-        """What a checkpoint bundle stores about the data, so that new data can be prepared alike."""
+        """Return what a checkpoint bundle stores about the data, so new data can be prepared alike."""
         return {
             "feature_names": list(self.feature_names),
             "preprocessing": self.preprocessing,
@@ -100,7 +100,7 @@ class PreparedData:
 
 
 def raw_counts_message(source: str) -> str:
-    """The advice given when raw counts meet a squared-error model (``pp.inspect`` and ``tl.fit``)."""
+    """Return the advice given when raw counts meet a squared-error model (``pp.inspect``, ``tl.fit``)."""
     return (
         f"{source} looks like raw counts, but normalize=False and log1p=False; models with "
         "a squared-error loss train poorly on raw counts. Pass normalize=True, log1p=True."

@@ -127,7 +127,7 @@ def get_record(holder: AnnData | MuData, key: str, *, hint: str) -> Mapping[str,
 
 
 def present_keys(holder: AnnData | MuData, key: str) -> list[str]:
-    """The owned keys of run ``key`` that exist in ``holder``, as ``"slot['name']"``."""
+    """List the owned keys of run ``key`` that exist in ``holder``, as ``"slot['name']"``."""
     present = []
     for slot, patterns in OWNED_KEYS.items():
         store = getattr(holder, slot, None)
@@ -158,7 +158,7 @@ def align_rows(values: np.ndarray, rows: pd.Index | None, target_obs: pd.Index) 
 
 
 def history_record(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A history DataFrame as the ``{column: float array}`` dict stored in ``.uns``."""
+    """Convert a history DataFrame to the ``{column: float array}`` dict stored in ``.uns``."""
     return {column: frame[column].to_numpy(dtype=np.float64) for column in frame.columns}
 
 

@@ -103,11 +103,11 @@ class DataSpec:
         return spec, {k: v for k, v in options.items() if k not in names}
 
     def replace(self, **changes: Any) -> DataSpec:
-        """A copy with ``changes`` applied."""
+        """Return a copy with ``changes`` applied."""
         return type(self)(**{**self.to_kwargs(), **changes})
 
     def to_kwargs(self) -> dict[str, Any]:
-        """The options as keyword arguments of :func:`~scdlkit.prepare_data`."""
+        """Return the options as keyword arguments of :func:`~scdlkit.prepare_data`."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if isinstance(values["mod"], tuple):
             values["mod"] = list(values["mod"])
@@ -145,7 +145,7 @@ class DataSpec:
 
     @classmethod
     def from_preprocessing(cls, preprocessing: Preprocessing) -> DataSpec:
-        """The reading part of a spec recovered from a bundle written before specs were stored."""
+        """Recover the reading part of a spec from a bundle written before specs were stored."""
         return cls(
             layer=preprocessing.get("layer"),
             mod=preprocessing.get("mod"),

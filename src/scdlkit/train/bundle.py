@@ -143,7 +143,7 @@ def bundle_config(
     data: BundleData | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` of a bundle: version, model config, task, settings, history, data fields."""
+    """Assemble the ``config.json`` of a bundle: version, model config, task, settings, history, data fields."""
     model_config = getattr(model, "config", None) or {"name": None, "kwargs": {}}
     config: dict[str, Any] = {
         "scdlkit_version": __version__,
@@ -163,7 +163,7 @@ def bundle_config(
 def rebuild_model(
     path: str | os.PathLike, config: dict[str, Any], model: nn.Module | None
 ) -> nn.Module:
-    """The bundle's model with its best weights: rebuilt by registry name, or loaded into ``model``.
+    """Rebuild the bundle's model by registry name (or fill ``model``) with its best weights.
 
     Raises
     ------
@@ -190,7 +190,7 @@ def rebuild_model(
 
 
 def history_rows(config: dict[str, Any]) -> list[dict[str, float]]:
-    """The bundle's history as the Trainer keeps it: one dict per epoch, missing values left out."""
+    """Return the bundle's history as the Trainer keeps it: one dict per epoch, missing values left out."""
     return [
         {
             k: v

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable
+
 import numpy as np
+import torch
+
+from .batches import to_device
 
 
 class OutputCollector:
@@ -60,3 +65,45 @@ class OutputCollector:
         out = {key: array[: self._filled[key]] for key, array in self._arrays.items()}
         out.update({key: np.concatenate(parts) for key, parts in self._parts.items()})
         return out
+
+
+def collect_predictions(
+    batches: Iterable[dict[str, torch.Tensor]],
+    predict: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+    *,
+    device: torch.device,
+    n_cells: int | None,
+    outputs: Collection[str] | None = None,
+    include_inputs: bool = False,
+) -> dict[str, np.ndarray]:
+    """Run ``predict`` on every batch (moved to ``device``) and gather the outputs as numpy arrays.
+
+    ``outputs`` keeps only those keys; ``include_inputs`` adds the batch tensors
+    (``x``, ``y``, ``batch``, ``index``). Floating outputs are returned as float32.
+
+    Raises
+    ------
+    ValueError
+        ``batches`` is empty.
+    """
+    collected = OutputCollector(n_cells)
+    n_batches = 0
+    for batch in batches:
+        n_batches += 1
+        produced = predict(to_device(batch, device))
+        if outputs is not None:
+            produced = {k: v for k, v in produced.items() if k in outputs}
+        if include_inputs:
+            produced = {
+                **{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)},
+                **produced,
+            }
+        for key, value in produced.items():
+            value = value.detach()
+            if torch.is_floating_point(value):
+                value = value.float()
+            collected.add(key, value.cpu().numpy())
+    if n_batches == 0:
+        msg = "predict_dataset got no batches; the data is empty."
+        raise ValueError(msg)
+    return collected.result()

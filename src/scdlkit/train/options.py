@@ -140,11 +140,11 @@ class TrainerOptions:
         return cls(**options)
 
     def replace(self, **changes: Any) -> TrainerOptions:
-        """A copy with ``changes`` applied (validated again)."""
+        """Return a copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
 
     def to_kwargs(self) -> dict[str, Any]:
-        """The options as keyword arguments of :class:`~scdlkit.Trainer`."""
+        """Return the options as keyword arguments of :class:`~scdlkit.Trainer`."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class TrainerOptions:
 
 
 def build_optimizer(model: nn.Module, options: TrainerOptions) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters of ``model``.
+    """Build the optimizer over the trainable parameters of ``model``.
 
     Raises
     ------
@@ -198,7 +198,7 @@ def build_optimizer(model: nn.Module, options: TrainerOptions) -> torch.optim.Op
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, options: TrainerOptions) -> Any:
-    """The learning-rate scheduler (stepped once per epoch), or ``None``."""
+    """Build the learning-rate scheduler (stepped once per epoch), or return ``None``."""
     spec = options.scheduler
     if spec is None:
         return None

@@ -6,7 +6,6 @@ import os
 import sys
 import time
 from collections.abc import Collection, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,17 +19,9 @@ from ..data import SplitData
 from ..data.device_data import fits_on_device
 from . import distributed
 from .batches import BatchSource, to_device
-from .bundle import (
-    BundleData,
-    bundle_config,
-    history_rows,
-    read_config,
-    read_training_state,
-    rebuild_model,
-    write_bundle,
-)
 from .callbacks import Callback
-from .collect import OutputCollector
+from .checkpointing import CheckpointMixin
+from .collect import collect_predictions
 from .device import autocast, autocast_dtype, resolve_device
 from .options import (
     DEFAULT_BATCH_SIZE,
@@ -46,7 +37,7 @@ from .options import (
 from .prefetch import prefetch as prefetch_batches
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     """Train a model on a task and run batched inference with it.
 
     Parameters
@@ -248,11 +239,6 @@ class Trainer:
         """Return the JSON-able constructor settings (stored in checkpoints)."""
         return self.options.to_dict()
 
-    @classmethod
-    def from_options(cls, model: nn.Module, task: str | Any, options: TrainerOptions) -> Trainer:
-        """Build a trainer from a :class:`~scdlkit.train.TrainerOptions`."""
-        return cls(model, task, **options.to_kwargs())
-
     def _build_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(self.model, self.options)
 
@@ -359,28 +345,8 @@ class Trainer:
         self.best_epoch = self.best_loss = None
         self._best_state = self._last_state = None
         self.stop_training = self.interrupted = False
-        if resume_from is None:
-            return
-        state = read_training_state(resume_from, map_location=self.device)
-        self.model.load_state_dict(state["last_weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self._scaler.load_state_dict(state["scaler"])
-        self.history = [dict(row) for row in state["history"]]
-        self.epochs_run = int(state["epochs_run"])
-        self._bad_epochs = int(state["bad_epochs"])
-        self.best_epoch = state["best_epoch"]
-        self.best_loss = state["best_loss"]
-        self._best_state = state.get("best_weights")
-        torch.set_rng_state(state["rng_state"])
-        if self.epochs_run >= self.epochs:
-            msg = (
-                f"The checkpoint already ran {self.epochs_run} epochs and epochs={self.epochs}; "
-                "pass a larger epochs= to train further."
-            )
-            raise ValueError(msg)
+        if resume_from is not None:
+            self._restore_training_state(resume_from)
 
     def _run_epochs(self, train_source: BatchSource, val_source: BatchSource | None) -> None:
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
@@ -566,31 +532,17 @@ class Trainer:
         )
         self.model.eval()
         model = self._inference_module()
+
+        def predict(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            with autocast(self.device, self.autocast_dtype):
+                return self.task.predict(model, batch)
+
         n_cells = len(data) if isinstance(data, Dataset) and hasattr(data, "__len__") else None
-        collected = OutputCollector(n_cells)
-        n_batches = 0
         with torch.inference_mode():
-            for batch in self._batches(source, 0):
-                n_batches += 1
-                device_batch = to_device(batch, self.device)
-                with autocast(self.device, self.autocast_dtype):
-                    produced = self.task.predict(model, device_batch)
-                if outputs is not None:
-                    produced = {k: v for k, v in produced.items() if k in outputs}
-                if include_inputs:
-                    produced = {
-                        **{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)},
-                        **produced,
-                    }
-                for key, value in produced.items():
-                    value = value.detach()
-                    if torch.is_floating_point(value):
-                        value = value.float()
-                    collected.add(key, value.cpu().numpy())
-        if n_batches == 0:
-            msg = "predict_dataset got no batches; the data is empty."
-            raise ValueError(msg)
-        return collected.result()
+            return collect_predictions(
+                self._batches(source, 0), predict, device=self.device, n_cells=n_cells,
+                outputs=outputs, include_inputs=include_inputs,
+            )  # fmt: skip
 
     def _inference_module(self) -> nn.Module:
         if not self.compile_model:
@@ -598,135 +550,3 @@ class Trainer:
         if self._compiled_for_inference is None:
             self._compiled_for_inference = torch.compile(self.model)
         return self._compiled_for_inference
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(
-        self,
-        path: str | os.PathLike,
-        *,
-        prepared: BundleData | None = None,
-        metadata: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        include_training_state: bool = True,
-    ) -> Path:
-        """Write the best weights as a checkpoint bundle, atomically.
-
-        Parameters
-        ----------
-        path
-            Directory to create.
-        prepared
-            The data the model was trained on, e.g. :class:`~scdlkit.data.PreparedData`
-            (any object with ``bundle_fields()``): its feature names, preprocessing,
-            data spec and encoders are stored so that predictions on new data can
-            be made from the checkpoint alone.
-        metadata
-            Extra JSON-able information to store under ``"metadata"``.
-        overwrite
-            Replace an existing checkpoint at ``path``.
-        include_training_state
-            Also store optimizer/scheduler state and the last weights for
-            ``fit(resume_from=...)``.
-
-        Returns
-        -------
-        The checkpoint directory. Under DDP only rank 0 writes it; the other
-        ranks return the same path without writing.
-
-        Raises
-        ------
-        RuntimeError
-            No checkpoint exists yet (``fit`` has not run).
-        FileExistsError
-            ``path`` exists and ``overwrite`` is ``False``.
-        """
-        if self._last_state is None:
-            msg = "No checkpoint exists yet: call fit(...) before save_checkpoint(...)."
-            raise RuntimeError(msg)
-        if not self.is_main_process:
-            return Path(path)
-        best = (
-            self._best_state
-            if self.checkpoint and self._best_state is not None
-            else self._last_state
-        )
-        config = bundle_config(
-            self.model,
-            task=self.task.name,
-            settings=self.settings(),
-            summary={
-                "best_epoch": self.best_epoch,
-                "best_loss": self.best_loss,
-                "epochs_run": self.epochs_run,
-                "interrupted": self.interrupted,
-            },
-            history=self.history_frame,
-            data=prepared,
-            metadata=metadata,
-        )
-        training_state = self._training_state() if include_training_state else None
-        return write_bundle(
-            path, config=config, weights=best, training_state=training_state, overwrite=overwrite
-        )
-
-    def _training_state(self) -> dict[str, Any]:
-        return {
-            "last_weights": self._last_state,
-            "best_weights": self._best_state,
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self._scaler.state_dict() if self._scaler.is_enabled() else None,
-            "history": self.history,
-            "epochs_run": self.epochs_run,
-            "bad_epochs": self._bad_epochs,
-            "best_epoch": self.best_epoch,
-            "best_loss": self.best_loss,
-            "rng_state": self._rng_state,
-        }
-
-    @classmethod
-    def load_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        *,
-        model: nn.Module | None = None,
-        device: str | torch.device = "auto",
-        **overrides: Any,
-    ) -> Trainer:
-        """Rebuild the model and a trainer from a checkpoint bundle.
-
-        Parameters
-        ----------
-        path
-            Directory written by :meth:`save_checkpoint`.
-        model
-            Required when the checkpoint holds a wrapped or custom module that
-            cannot be rebuilt by name: pass a module of the same architecture.
-        device
-            Where to put the model.
-        **overrides
-            Trainer settings to change (e.g. ``epochs=100`` to train further with
-            ``fit(..., resume_from=path)``).
-
-        Returns
-        -------
-        A trainer holding the best weights; its ``checkpoint_config`` attribute is
-        the bundle's ``config.json`` (feature names, preprocessing, encoders, history).
-
-        Raises
-        ------
-        FileNotFoundError
-            Missing directory or files.
-        ValueError
-            A model that cannot be rebuilt without ``model=``, or weights that do
-            not match the architecture.
-        """
-        config = read_config(path)
-        model = rebuild_model(path, config, model)
-        options = TrainerOptions.from_settings(config["trainer"], device=device, **overrides)
-        trainer = cls.from_options(model, config["task"], options)
-        trainer.checkpoint_config = config
-        trainer.history = history_rows(config)
-        trainer.epochs_run = int(config["epochs_run"])
-        trainer.best_epoch, trainer.best_loss = config["best_epoch"], config["best_loss"]
-        return trainer
