@@ -11,6 +11,7 @@ Data flows down once (a :class:`~scdlkit.data.DataSpec` and
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -61,6 +62,35 @@ DEFAULT_OUTPUTS = {
 def model_name(model: str | nn.Module) -> str:
     """Registry name of a model argument, or the class name of an instance."""
     return model if isinstance(model, str) else type(model).__name__
+
+
+def input_kind(model: str | nn.Module) -> str:
+    """Return ``"counts"`` for count models (they read raw counts), else ``"transformed"``."""
+    cls = get_model_class(model) if isinstance(model, str) else model
+    return str(getattr(cls, "input_kind", "transformed"))
+
+
+def data_spec_for(model: str | nn.Module, spec: DataSpec | None) -> DataSpec:
+    """Return the spec to prepare data with: count models read raw counts (``counts=True``)."""
+    spec = spec or DataSpec()
+    if input_kind(model) == "counts" and not spec.counts:
+        return spec.replace(counts=True)
+    return spec
+
+
+def _data_sized_kwargs(model: str, prepared: PreparedData, task: str) -> dict[str, Any]:
+    """Return the constructor options the data decides (classes, batches, covariates)."""
+    accepted = inspect.signature(get_model_class(model)).parameters
+    sized: dict[str, Any] = {}
+    if task == "classification":
+        sized["num_classes"] = prepared.label_encoder.n_categories
+    if "n_batch" in accepted and prepared.batch_encoder is not None:
+        sized["n_batch"] = prepared.batch_encoder.n_categories
+    if "n_cats_per_cov" in accepted and prepared.covariates.categorical:
+        sized["n_cats_per_cov"] = list(prepared.covariates.n_cats_per_cov)
+    if "n_continuous_cov" in accepted and prepared.covariates.continuous:
+        sized["n_continuous_cov"] = prepared.covariates.n_continuous
+    return sized
 
 
 def resolve_task(model: str | nn.Module, task: str | None) -> str:
@@ -122,7 +152,9 @@ def build_model(
 ) -> nn.Module:
     """Create a registry model sized to the prepared data, or check an instance against it.
 
-    ``num_classes`` is filled in from the labels for classification.
+    ``num_classes`` is filled in from the labels for classification, and
+    ``n_batch``/``n_cats_per_cov``/``n_continuous_cov`` from the batches and
+    covariates for models that take them (count models).
 
     Raises
     ------
@@ -131,9 +163,7 @@ def build_model(
         differs from the prepared data.
     """
     if isinstance(model, str):
-        kwargs = dict(model_kwargs or {})
-        if task == "classification" and "num_classes" not in kwargs:
-            kwargs["num_classes"] = prepared.label_encoder.n_categories
+        kwargs = {**_data_sized_kwargs(model, prepared, task), **dict(model_kwargs or {})}
         return create_model(model, input_dim=prepared.input_dim, seed=seed, **kwargs)
     if model_kwargs:
         msg = "model_kwargs only apply when model is a registry name; configure the model instance yourself."
@@ -277,7 +307,8 @@ def fit(
     """
     options = options or TrainerOptions()
     resolve_task(model, task)
-    prepared = prepare_data(adata, **(spec or DataSpec()).to_kwargs(), seed=options.seed)
+    spec = data_spec_for(model, spec)
+    prepared = prepare_data(adata, **spec.to_kwargs(), seed=options.seed)
     return train(prepared, model, task=task, model_kwargs=model_kwargs, options=options)
 
 
@@ -365,7 +396,8 @@ class LoadedRun:
         """Every cell of ``adata`` prepared like the training cells (genes matched by name).
 
         ``layer``/``mod`` default to where the model was trained; with ``encoders``
-        the labels/batches are encoded when their columns exist.
+        the labels/batches are encoded when their columns exist. Count models
+        always get the batches (their decoder needs them) and library sizes.
         """
         preprocessing = self.preprocessing
         return transform_adata(
@@ -375,7 +407,9 @@ class LoadedRun:
             mod=preprocessing.get("mod") if mod is TRAINED else mod,
             use_raw=bool(preprocessing.get("use_raw")),
             label_encoder=self.encoder("label") if encoders else None,
-            batch_encoder=self.encoder("batch") if encoders else None,
+            batch_encoder=self.encoder("batch")
+            if encoders or preprocessing.get("counts")
+            else None,
         )
 
     def outputs(

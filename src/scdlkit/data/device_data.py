@@ -108,9 +108,12 @@ class DeviceBatches:
             self._std = torch.from_numpy(transform.std).to(device)
         self._labels = {
             key: torch.from_numpy(values).to(device)
-            for key, values in (("index", split.rows), ("y", split.y), ("batch", split.batch))
+            for key, values in (
+                ("index", split.rows), ("y", split.y), ("batch", split.batch),
+                *split.covariates.items(),
+            )
             if values is not None
-        }
+        }  # fmt: skip
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffling order of ``epoch``."""

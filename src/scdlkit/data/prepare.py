@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,8 +15,17 @@ from mudata import MuData
 
 from .._errors import format_names
 from .._threads import keep_torch_threads
+from .counts import (
+    Covariates,
+    check_counts,
+    check_nonzero_cells,
+    check_transforms,
+    count_inputs,
+    row_sums,
+    select_hvg_counts,
+)
 from .encoders import CategoryEncoder
-from .fields import Fields, ModSpec, get_obs_column, resolve_fields
+from .fields import Fields, ModSpec, resolve_fields
 from .matrix import SCAN_BLOCK_ROWS, MatrixSummary, summarize_matrix
 from .spec import DEFAULT_SEED, DataSpec, Preprocessing, resolve_seed
 from .split_data import SplitData
@@ -27,9 +37,6 @@ from .splits import (
     split_categorical,
 )
 from .transform import FeatureTransform, fit_scaling, iter_selected_rows
-
-#: Marks a ``transform_adata`` argument that defaults to what ``prepare_data`` used.
-_FROM_PREPROCESSING: Any = object()
 
 
 @dataclass
@@ -62,6 +69,8 @@ class PreparedData:
         Seed of the split.
     raw_counts
         Whether the model input is untransformed integer counts (no normalize/log1p).
+    covariates
+        The fitted count-model covariates (empty unless ``counts=True``).
     """
 
     train: SplitData
@@ -78,6 +87,7 @@ class PreparedData:
     spec: DataSpec = field(default_factory=DataSpec)
     seed: int = DEFAULT_SEED
     raw_counts: bool = False
+    covariates: Covariates = field(default_factory=Covariates)
     splits: dict[str, SplitData] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,7 +117,7 @@ def raw_counts_message(source: str) -> str:
     )
 
 
-def _validate_values(
+def validate_values(
     fields: Fields, *, normalize: bool, log1p: bool, use_hvg: bool
 ) -> MatrixSummary:
     """Refuse NaN/Inf and negative values where counts are needed; return the matrix summary."""
@@ -240,6 +250,9 @@ def prepare_data(
     test_size: float = 0.15,
     batch_aware_split: bool = False,
     stratify: bool = True,
+    counts: bool = False,
+    categorical_covariate_keys: Sequence[str] = (),
+    continuous_covariate_keys: Sequence[str] = (),
     seed: int = DEFAULT_SEED,
     random_state: int | None = None,
 ) -> PreparedData:
@@ -290,6 +303,13 @@ def prepare_data(
         Hold out whole batches of ``batch_key`` (each batch lands in one split).
     stratify
         Keep every label's share in every split (and at least one cell per label in train).
+    counts
+        Prepare raw counts for a count model (see :class:`~scdlkit.data.DataSpec`):
+        integer values are required, no transform is applied, highly variable
+        genes use ``flavor="seurat_v3"`` on the training counts, and every
+        minibatch carries ``library`` (and ``cat_covs``/``cont_covs``).
+    categorical_covariate_keys, continuous_covariate_keys
+        Extra ``.obs`` covariates of a count model.
     seed
         Seed of the split; the same seed gives the same split.
     random_state
@@ -325,8 +345,11 @@ def prepare_data(
         split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
         target_sum=target_sum, log1p=log1p, scale=scale, scale_max_value=scale_max_value,
         val_size=val_size, test_size=test_size, batch_aware_split=batch_aware_split,
-        stratify=stratify,
+        stratify=stratify, counts=counts, categorical_covariate_keys=categorical_covariate_keys,
+        continuous_covariate_keys=continuous_covariate_keys,
     )  # fmt: skip
+    if counts:
+        check_transforms(normalize=normalize, log1p=log1p, scale=scale)
     check_split_sizes(val_size, test_size)
     if batch_aware_split and batch_key is None:
         msg = "batch_aware_split=True needs batch_key= (the column whose batches are held out)."
@@ -338,7 +361,11 @@ def prepare_data(
         adata, layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
         split_key=split_key,
     )  # fmt: skip
-    summary = _validate_values(fields, normalize=normalize, log1p=log1p, use_hvg=use_hvg)
+    summary = validate_values(
+        fields, normalize=normalize, log1p=log1p, use_hvg=use_hvg and not counts
+    )
+    if counts:
+        check_counts(summary, fields.source)
     label_encoder = None if label_key is None else CategoryEncoder.fit(fields.labels, key=label_key)
     batch_encoder = (
         None if batch_key is None else CategoryEncoder.fit(fields.batches, key=batch_key)
@@ -355,7 +382,10 @@ def prepare_data(
     transform = FeatureTransform(
         fields.matrix.shape[1], normalize=normalize, target_sum=float(target_sum), log1p=log1p
     )
-    if use_hvg:
+    if use_hvg and counts:
+        columns = select_hvg_counts(fields, train_rows, fields.batches, int(n_top_genes))
+        transform = replace(transform, columns=columns)
+    elif use_hvg:
         columns = _select_hvg(transform, fields, train_rows, fields.batches, int(n_top_genes))
         transform = replace(transform, columns=columns)
     if scale:
@@ -381,7 +411,21 @@ def prepare_data(
         "scale_mean": None if transform.mean is None else transform.mean.tolist(),
         "scale_std": None if transform.std is None else transform.std.tolist(),
         "scale_max_value": transform.max_value,
+        "counts": bool(counts),
     }
+    per_cell: dict[str, np.ndarray] = {}
+    covariates = Covariates()
+    if counts:
+        covariates = Covariates.fit(
+            adata, spec.categorical_covariate_keys, spec.continuous_covariate_keys,
+            fields.obs_names, mod=mod,
+        )  # fmt: skip
+        preprocessing["covariates"] = covariates.to_dict()
+        per_cell = count_inputs(adata, fields, covariates, mod=mod)
+        check_nonzero_cells(
+            row_sums(fields.matrix, transform.columns), fields.obs_names, fields.source,
+            transform.n_features,
+        )  # fmt: skip
 
     def make(name: str) -> SplitData | None:
         rows = split_rows[name]
@@ -390,7 +434,7 @@ def prepare_data(
         return SplitData(
             fields.matrix, rows, transform, name=name,
             y=None if y is None else y[rows], batch=None if batch is None else batch[rows],
-            obs_names=fields.obs_names,
+            obs_names=fields.obs_names, covariates={k: v[rows] for k, v in per_cell.items()},
         )  # fmt: skip
 
     if label_encoder is not None and split_key is not None:
@@ -417,117 +461,5 @@ def prepare_data(
         spec=spec,
         seed=seed,
         raw_counts=summary.is_integer and summary.min_value >= 0 and not (normalize or log1p),
-    )
-
-
-def transform_from_preprocessing(
-    preprocessing: Preprocessing, source_feature_names: pd.Index, *, source: str = "the data"
-) -> FeatureTransform:
-    """Rebuild the feature transform for a matrix whose columns are ``source_feature_names``.
-
-    Features are matched by name: reordered as needed, extra columns ignored.
-
-    Raises
-    ------
-    ValueError
-        Model features missing from ``source_feature_names`` (lists up to 20 and the count).
-    """
-    expected = pd.Index(preprocessing["feature_names"])
-    columns = pd.Index(source_feature_names).get_indexer(expected)
-    missing = expected[columns < 0]
-    if len(missing):
-        msg = (
-            f"{source} lacks {len(missing)} of the {len(expected)} features the model was trained on: "
-            f"{format_names(missing)}. Add them (for example as zero columns) or train on the "
-            "shared features."
-        )
-        raise ValueError(msg)
-    mean, std = preprocessing.get("scale_mean"), preprocessing.get("scale_std")
-    identity = columns.shape[0] == len(source_feature_names) and np.array_equal(
-        columns, np.arange(columns.shape[0])
-    )
-    return FeatureTransform(
-        len(source_feature_names),
-        columns=None if identity else columns.astype(np.int64),
-        normalize=bool(preprocessing["normalize"]),
-        target_sum=float(preprocessing["target_sum"]),
-        log1p=bool(preprocessing["log1p"]),
-        mean=None if mean is None else np.asarray(mean, dtype=np.float32),
-        std=None if std is None else np.asarray(std, dtype=np.float32),
-        max_value=preprocessing.get("scale_max_value"),
-    )
-
-
-def transform_adata(
-    adata: AnnData | MuData,
-    preprocessing: Preprocessing,
-    *,
-    label_encoder: CategoryEncoder | None = None,
-    batch_encoder: CategoryEncoder | None = None,
-    layer: str | None = _FROM_PREPROCESSING,
-    mod: ModSpec = _FROM_PREPROCESSING,
-    use_raw: bool = _FROM_PREPROCESSING,
-) -> SplitData:
-    """Apply a fitted preprocessing to new data (a query), for prediction.
-
-    Parameters
-    ----------
-    adata
-        AnnData or MuData with the cells to transform.
-    preprocessing
-        :attr:`PreparedData.preprocessing` (also stored in checkpoints).
-    label_encoder, batch_encoder
-        Fitted encoders. When the encoder's column exists in ``.obs`` it is
-        encoded (values the encoder never saw raise); when it does not, the
-        result simply has no ``y``/``batch``.
-    layer, mod, use_raw
-        Where to read the matrix; default to what ``prepare_data`` used.
-
-    Returns
-    -------
-    :class:`SplitData` over all cells in their original order (name ``"all"``).
-
-    Raises
-    ------
-    ValueError
-        Model features missing from the data (up to 20 listed, plus the count),
-        unseen labels or batches, NaN/Inf or negative values where counts are needed.
-
-    Examples
-    --------
-    >>> import scdlkit
-    >>> adata = scdlkit.datasets.pbmc68k_reduced()
-    >>> prepared = scdlkit.prepare_data(adata, label_key="bulk_labels")
-    >>> query = adata[:, ::-1].copy()  # same genes, reversed order
-    >>> data = transform_adata(query, prepared.preprocessing, label_encoder=prepared.label_encoder)
-    >>> len(data), data.n_features
-    (700, 765)
-    """
-    layer = preprocessing.get("layer") if layer is _FROM_PREPROCESSING else layer
-    mod = preprocessing.get("mod") if mod is _FROM_PREPROCESSING else mod
-    use_raw = bool(preprocessing.get("use_raw")) if use_raw is _FROM_PREPROCESSING else use_raw
-    if isinstance(adata, AnnData) and mod is not None:
-        mod = None  # trained on one modality of a MuData, applied to that modality's AnnData
-    fields = resolve_fields(adata, layer=layer, mod=mod, use_raw=use_raw)
-    _validate_values(
-        fields,
-        normalize=bool(preprocessing["normalize"]),
-        log1p=bool(preprocessing["log1p"]),
-        use_hvg=False,
-    )
-    transform = transform_from_preprocessing(
-        preprocessing, fields.feature_names, source=fields.source
-    )
-    encoded = {}
-    for role, encoder in (("y", label_encoder), ("batch", batch_encoder)):
-        if encoder is None:
-            continue
-        try:
-            column = get_obs_column(adata, encoder.key, fields.obs_names, mod=mod)
-        except KeyError:
-            continue
-        encoded[role] = encoder.encode(column)
-    rows = np.arange(fields.matrix.shape[0])
-    return SplitData(
-        fields.matrix, rows, transform, name="all", obs_names=fields.obs_names, **encoded
+        covariates=covariates,
     )

@@ -9,7 +9,7 @@ reading on new data.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, TypedDict
 
 from .._errors import format_names
@@ -60,6 +60,14 @@ class DataSpec:
         Per-minibatch transforms (scaling statistics fitted on the training cells).
     val_size, test_size, batch_aware_split, stratify
         How a split is drawn without ``split_key``.
+    counts
+        Feed raw counts to a count model: no per-minibatch transform; every
+        minibatch also carries the library size and the covariates; highly
+        variable genes are ranked with ``flavor="seurat_v3"`` on the counts. Set
+        by the pipeline for models with ``input_kind = "counts"``.
+    categorical_covariate_keys, continuous_covariate_keys
+        Extra ``.obs`` covariates of a count model (MuData: modality columns or
+        ``"mod:column"`` names).
 
     Examples
     --------
@@ -85,10 +93,23 @@ class DataSpec:
     test_size: float = 0.15
     batch_aware_split: bool = False
     stratify: bool = True
+    counts: bool = False
+    categorical_covariate_keys: tuple[str, ...] = ()
+    continuous_covariate_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mod is not None and not isinstance(self.mod, str):
             object.__setattr__(self, "mod", tuple(str(name) for name in self.mod))
+        for name in ("categorical_covariate_keys", "continuous_covariate_keys"):
+            value = getattr(self, name)
+            keys = (value,) if isinstance(value, str) else tuple(value or ())
+            object.__setattr__(self, name, tuple(str(key) for key in keys))
+        if not self.counts and (self.categorical_covariate_keys or self.continuous_covariate_keys):
+            msg = (
+                "categorical_covariate_keys / continuous_covariate_keys are inputs of count models "
+                "(e.g. model='count_vae'); other models do not use covariates."
+            )
+            raise ValueError(msg)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -109,16 +130,14 @@ class DataSpec:
     def to_kwargs(self) -> dict[str, Any]:
         """Return the options as keyword arguments of :func:`~scdlkit.prepare_data`."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        if isinstance(values["mod"], tuple):
-            values["mod"] = list(values["mod"])
+        for name in ("mod", "categorical_covariate_keys", "continuous_covariate_keys"):
+            if isinstance(values[name], tuple):
+                values[name] = list(values[name])
         return values
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary with a ``spec_version`` (stored in bundles)."""
-        values = asdict(self)
-        if isinstance(values["mod"], tuple):
-            values["mod"] = list(values["mod"])
-        return {"spec_version": SPEC_VERSION, **values}
+        return {"spec_version": SPEC_VERSION, **self.to_kwargs()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataSpec:

@@ -37,6 +37,10 @@ class SplitData(Dataset):
         Split name, for messages.
     obs_names
         Names of all source rows (``obs_names[rows]`` are this split's cells), when known.
+    covariates
+        Further per-cell arrays aligned with ``rows`` that every minibatch carries
+        under their key: ``library`` (n, 1), ``cat_covs`` (n, k), ``cont_covs`` (n, m)
+        for count models.
 
     Examples
     --------
@@ -57,6 +61,7 @@ class SplitData(Dataset):
         batch: np.ndarray | None = None,
         name: str = "data",
         obs_names: pd.Index | None = None,
+        covariates: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.matrix = matrix
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -65,6 +70,13 @@ class SplitData(Dataset):
         self.batch = None if batch is None else np.asarray(batch, dtype=np.int64)
         self.name = name
         self.source_obs_names = obs_names
+        self.covariates = {
+            key: np.ascontiguousarray(value) for key, value in (covariates or {}).items()
+        }
+        for key, value in self.covariates.items():
+            if value.shape[0] != self.rows.shape[0]:
+                msg = f"Covariate {key!r} has {value.shape[0]} rows for {self.rows.shape[0]} cells."
+                raise ValueError(msg)
 
     @property
     def obs_names(self) -> pd.Index | None:
@@ -72,7 +84,8 @@ class SplitData(Dataset):
         return None if self.source_obs_names is None else self.source_obs_names[self.rows]
 
     def __repr__(self) -> str:
-        keys = ", ".join(k for k in ("y", "batch") if getattr(self, k) is not None) or "no labels"
+        keys = [k for k in ("y", "batch") if getattr(self, k) is not None] + list(self.covariates)
+        keys = ", ".join(keys) or "no labels"
         backed = ", backed" if is_backed(self.matrix) else ""
         return f"SplitData({self.name!r}: {len(self)} cells x {self.n_features} features, {keys}{backed})"
 
@@ -126,6 +139,8 @@ class SplitData(Dataset):
             batch["y"] = torch.from_numpy(self.y[positions])
         if self.batch is not None:
             batch["batch"] = torch.from_numpy(self.batch[positions])
+        for key, values in self.covariates.items():
+            batch[key] = torch.from_numpy(values[positions])
         return batch
 
     def loader(

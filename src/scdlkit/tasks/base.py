@@ -37,6 +37,31 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def forward(model: nn.Module, batch: Batch) -> Any:
+    """Call ``model`` on ``batch["x"]`` plus the batch keys the model asks for in ``forward_keys``.
+
+    Models that need more than the input (count models: ``library``, ``batch``,
+    ``cat_covs``, ``cont_covs``) list those keys in a ``forward_keys`` class
+    attribute; they are passed as keyword arguments when the batch has them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Scaled(nn.Module):
+    ...     forward_keys = ("x", "library")
+    ...
+    ...     def forward(self, x, library=None):
+    ...         return {"reconstruction": x * library}
+    >>> forward(Scaled(), {"x": torch.ones(2, 1), "library": torch.full((2, 1), 3.0)})
+    {'reconstruction': tensor([[3.],
+            [3.]])}
+    """
+    keys = getattr(unwrap_model(model), "forward_keys", ("x",))
+    extra = {key: batch[key] for key in keys if key != "x" and key in batch}
+    return model(batch["x"], **extra)
+
+
 class Task:
     """What a model is trained for: which batch keys it needs, its loss and what it predicts.
 
@@ -201,6 +226,12 @@ class Task:
         msg = f"{type(self).__name__} must implement loss(outputs, batch)."
         raise NotImplementedError(msg)
 
+    def model_loss(
+        self, model: nn.Module, outputs: Outputs, batch: Batch
+    ) -> tuple[torch.Tensor, Stats]:
+        """Compute the task loss for ``model``; tasks whose loss a model may replace override this."""
+        return self.loss(outputs, batch)
+
     def compute_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, Stats, Outputs]:
         """Run the model on ``batch["x"]`` and compute the training loss.
 
@@ -241,8 +272,8 @@ class Task:
         ['kl', 'reconstruction']
         """
         self.check_batch(batch)
-        outputs = self.check_outputs(model(batch["x"]), model)
-        loss, stats = self.loss(outputs, batch)
+        outputs = self.check_outputs(forward(model, batch), model)
+        loss, stats = self.model_loss(model, outputs, batch)
         extra_losses = getattr(unwrap_model(model), "extra_losses", None)
         if extra_losses is not None:
             for key, value in extra_losses(outputs).items():
@@ -270,5 +301,5 @@ class Task:
         required = self.required_output_keys
         if self.predict_output_keys is not None:
             required = self.predict_output_keys
-        outputs = self.check_outputs(model(batch["x"]), model, required=required)
+        outputs = self.check_outputs(forward(model, batch), model, required=required)
         return {key: outputs[key] for key in self.output_keys if key in outputs}

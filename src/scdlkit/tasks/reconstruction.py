@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from .base import Batch, Outputs, Stats, Task
+from .base import Batch, Outputs, Stats, Task, unwrap_model
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +51,8 @@ class ReconstructionTask(Task):
 
     Loss: mean over cells of the per-cell sum of squared errors, reported as
     ``reconstruction``, plus the model's ``extra_losses`` (e.g. a VAE's ``kl``).
+    A model that defines ``reconstruction_loss(outputs, batch)`` (count models:
+    a negative log-likelihood of the counts) replaces the squared error.
     Predicts ``reconstruction`` (and ``latent`` when the model returns one).
 
     Examples
@@ -67,6 +70,16 @@ class ReconstructionTask(Task):
     required_batch_keys = ("x",)
     required_output_keys = ("reconstruction",)
     description = "Reproduce the input (squared error); predicts reconstruction (+ latent)."
+
+    def model_loss(
+        self, model: nn.Module, outputs: Outputs, batch: Batch
+    ) -> tuple[torch.Tensor, Stats]:
+        """Use the model's own ``reconstruction_loss`` when it has one, else the squared error."""
+        own = getattr(unwrap_model(model), "reconstruction_loss", None)
+        if own is None:
+            return self.loss(outputs, batch)
+        loss = own(outputs, batch)
+        return loss, {"reconstruction": loss.detach()}
 
     def loss(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, Stats]:
         """Squared error summed over features, averaged over cells."""

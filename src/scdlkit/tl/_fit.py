@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def fit(
     scale: bool = False,
     val_size: float = 0.15,
     test_size: float = 0.15,
+    categorical_covariate_keys: Sequence[str] = (),
+    continuous_covariate_keys: Sequence[str] = (),
     key_added: str = "scdlkit",
     checkpoint_dir: str | Path | None = None,
     model_kwargs: dict[str, Any] | None = None,
@@ -89,7 +92,11 @@ def fit(
         stratified split is drawn and written to ``.obs[f"{key_added}_split"]``.
     use_hvg, n_top_genes, normalize, log1p, scale, val_size, test_size
         Passed to :func:`~scdlkit.prepare_data` (applied per minibatch; the
-        data in ``adata`` is not changed).
+        data in ``adata`` is not changed). Count models (``"count_vae"``) read
+        raw counts: leave ``normalize``/``log1p``/``scale`` off; ``use_hvg``
+        then ranks genes with ``flavor="seurat_v3"`` on the counts.
+    categorical_covariate_keys, continuous_covariate_keys
+        Extra ``.obs`` covariates of count models (besides ``batch_key``).
     {doc_key_added}
     checkpoint_dir
         Parent folder of the checkpoint bundle, which is written to
@@ -144,6 +151,9 @@ def fit(
         layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
         split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
         log1p=log1p, scale=scale, val_size=val_size, test_size=test_size,
+        counts=pipeline.input_kind(model) == "counts",
+        categorical_covariate_keys=categorical_covariate_keys,
+        continuous_covariate_keys=continuous_covariate_keys,
     )  # fmt: skip
     options = TrainerOptions.from_kwargs(
         {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
