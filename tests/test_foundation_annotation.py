@@ -130,15 +130,26 @@ def test_tampered_or_missing_saved_runner(runner, tmp_path, checkpoint):
 
 def test_annotate_adata_survives_h5ad(runner, pbmc_small, tmp_path):
     adata = pbmc_small.copy()
-    runner.annotate_adata(adata, obs_key="celltype", embedding_key="X_celltype")
-    assert isinstance(adata.obs["celltype"].dtype, pd.CategoricalDtype)
-    assert adata.obsm["celltype_probabilities"].shape == (200, 4)
-    assert adata.obsm["X_celltype"].shape == (200, 16)
+    runner.annotate_adata(adata, key_added="celltype")
+    assert isinstance(adata.obs["celltype_prediction"].dtype, pd.CategoricalDtype)
+    expected = runner.predict(pbmc_small)
+    np.testing.assert_array_equal(
+        adata.obs["celltype_prediction"].to_numpy(), np.asarray(expected.labels)
+    )
+    np.testing.assert_allclose(
+        adata.obs["celltype_confidence"].to_numpy(), expected.probabilities.max(axis=1), rtol=1e-6
+    )
+    np.testing.assert_array_equal(adata.obsm["celltype_probabilities"], expected.probabilities)
+    np.testing.assert_array_equal(adata.obsm["X_celltype"], expected.latent)
     record = adata.uns["celltype"]
     assert record["strategy"] == runner.best_strategy_
+    assert record["embedding_key"] == "X_celltype"
+    assert record["metrics"]["rank"] == 1.0
     adata.write_h5ad(tmp_path / "a.h5ad")
     back = ad.read_h5ad(tmp_path / "a.h5ad")
-    pd.testing.assert_series_equal(back.obs["celltype"], adata.obs["celltype"])
+    pd.testing.assert_series_equal(
+        back.obs["celltype_prediction"], adata.obs["celltype_prediction"]
+    )
     pd.testing.assert_series_equal(
         back.obs["celltype_confidence"], adata.obs["celltype_confidence"]
     )
@@ -146,8 +157,36 @@ def test_annotate_adata_survives_h5ad(runner, pbmc_small, tmp_path):
     assert list(back.uns["celltype"]["label_categories"]) == list(record["label_categories"])
     assert back.uns["celltype"]["base_checkpoint"] == record["base_checkpoint"]
     assert back.uns["celltype"]["params"]["max_len"] == 24
+    assert back.uns["celltype"]["params"]["seed"] == 42
     copied = runner.annotate_adata(pbmc_small, copy=True)
-    assert "scgpt_annotation" in copied.obs and "scgpt_annotation" not in pbmc_small.obs
+    assert "scgpt_annotation_prediction" in copied.obs and "X_scgpt_annotation" in copied.obsm
+    assert "scgpt_annotation_prediction" not in pbmc_small.obs
+
+
+def test_annotate_adata_legacy_keys_warn_and_keep_their_layout(runner, pbmc_small):
+    adata = pbmc_small.copy()
+    with pytest.warns(FutureWarning, match="obs_key= is deprecated"):
+        runner.annotate_adata(adata, obs_key="old")
+    assert isinstance(adata.obs["old"].dtype, pd.CategoricalDtype)
+    assert "old_confidence" in adata.obs and "old_probabilities" in adata.obsm
+    assert "X_old" in adata.obsm and "old" in adata.uns
+    with pytest.warns(FutureWarning, match="embedding_key= is deprecated"):
+        runner.annotate_adata(adata, key_added="new", embedding_key="X_custom")
+    np.testing.assert_array_equal(adata.obsm["X_custom"], adata.obsm["X_old"])
+    assert "X_new" not in adata.obsm and adata.uns["new"]["embedding_key"] == "X_custom"
+    with pytest.raises(ValueError, match="key_added"):
+        runner.annotate_adata(adata, key_added="a/b")
+
+
+def test_annotate_adata_replaces_an_earlier_annotation(runner, pbmc_small):
+    adata = pbmc_small.copy()
+    runner.annotate_adata(adata, key_added="cell", strategy="lora")
+    adata.obsm["cell_logits"] = np.zeros((adata.n_obs, 2))  # a stale key the run owns
+    runner.annotate_adata(adata, key_added="cell", strategy="head")
+    assert adata.uns["cell"]["strategy"] == "head" and "cell_logits" not in adata.obsm
+    np.testing.assert_array_equal(
+        adata.obsm["cell_probabilities"], runner.predict(pbmc_small, strategy="head").probabilities
+    )
 
 
 def test_inspect_report(pbmc_small, checkpoint):
@@ -196,3 +235,122 @@ def test_adapt_errors(pbmc_small, checkpoint):
         adapt_annotation(pbmc_small, label_key="bulk_labels", checkpoint=checkpoint.parent / "none")
     with pytest.raises(RuntimeError, match="not fitted"):
         AnnotationRunner(model, label_key="bulk_labels").predict(pbmc_small)
+
+
+def test_comparison_metrics_match_the_evaluation_module(runner, pbmc_small):
+    from scdlkit.evaluation import classification_metrics
+
+    test = pbmc_small[runner.split_.to_numpy() == "test"].copy()
+    row = runner.comparison_.set_index("strategy").loc["lora"]
+    prediction = runner.predict(test, strategy="lora")
+    classes = list(runner.label_encoder_.categories)
+    expected = classification_metrics(
+        test.obs["bulk_labels"].astype(str).to_numpy(),
+        np.asarray(prediction.labels).astype(str),
+        probabilities=prediction.probabilities,
+        classes=classes,
+    )
+    assert row["test_accuracy"] == pytest.approx(expected["accuracy"])
+    assert row["test_balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
+    assert row["test_macro_f1"] == pytest.approx(expected["f1_macro"])
+    assert row["test_auroc_ovr"] == pytest.approx(expected["auroc_ovr"], abs=1e-6)
+
+
+def test_comparison_long_is_drawn_by_pl_compare(runner):
+    long = runner.comparison_long()
+    assert list(long.columns) == ["model", "baseline", "metric", "value", "seconds", "parameters"]
+    assert len(long) == 4 * len(STRATEGIES) and not long["baseline"].any()
+    table = runner.comparison_.set_index("strategy")
+    lora = long[long["model"] == "lora"].set_index("metric")
+    assert lora.loc["f1_macro", "value"] == table.loc["lora", "test_macro_f1"]
+    assert lora.loc["auroc_ovr", "value"] == table.loc["lora", "test_auroc_ovr"]
+    assert (lora["parameters"] == table.loc["lora", "trainable_parameters"]).all()
+    val = runner.comparison_long(split="val").set_index(["model", "metric"])
+    assert val.loc[("head", "accuracy"), "value"] == table.loc["head", "val_accuracy"]
+    axes = scdlkit.pl.compare(long, show=False)
+    assert [a.get_title() for a in axes] == [
+        "accuracy",
+        "balanced_accuracy",
+        "f1_macro",
+        "auroc_ovr",
+    ]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == list(STRATEGIES)
+    widths = [bar.get_width() for bar in axes[0].patches]
+    np.testing.assert_allclose(widths, table.loc[list(STRATEGIES), "test_accuracy"])
+    with pytest.raises(ValueError, match="split must be"):
+        runner.comparison_long(split="train")
+    with pytest.raises(RuntimeError, match="no comparison_"):
+        AnnotationRunner(runner.base_model, label_key="bulk_labels").comparison_long()
+
+
+def test_trained_strategies_use_their_trainer_options(runner):
+    from scdlkit.foundation.build import strategy_options
+    from scdlkit.foundation.strategies import (
+        ADAPTATION_EPOCHS,
+        ADAPTATION_PATIENCE,
+        FULL_FINETUNE_EPOCHS,
+        FullFinetuneConfig,
+        HeadConfig,
+    )
+
+    assert (HeadConfig().epochs, HeadConfig().early_stopping_patience) == (15, 5)
+    assert (ADAPTATION_EPOCHS, ADAPTATION_PATIENCE, FULL_FINETUNE_EPOCHS) == (15, 5, 10)
+    options = strategy_options(FullFinetuneConfig(weight_decay=0.01), runner.options)
+    assert (options.epochs, options.lr, options.weight_decay, options.grad_clip) == (
+        10,
+        1e-4,
+        0.01,
+        1.0,
+    )
+    assert (options.batch_size, options.seed) == (50, 42)
+    assert runner.options.device.type == "cpu"
+    assert (
+        len(runner.histories_["lora"])
+        == runner.comparison_.set_index("strategy").loc["lora", "epochs_run"]
+        == 2
+    )
+    assert 1 <= len(runner.histories_["head"]) <= 4
+    assert runner.spec.label_key == "bulk_labels" and runner.spec.use_raw
+
+
+def test_random_state_is_deprecated_for_seed(pbmc_small, checkpoint):
+    model = load_scgpt(checkpoint, device="cpu")
+    with pytest.warns(FutureWarning, match="random_state= is deprecated"):
+        old = AnnotationRunner(model, label_key="bulk_labels", random_state=7)
+    assert old.seed == 7 and old.options.seed == 7
+    with pytest.warns(FutureWarning, match="random_state= is deprecated"):
+        report = inspect_annotation_data(
+            pbmc_small, label_key="bulk_labels", checkpoint=model, use_raw=True, random_state=3
+        )
+    expected = inspect_annotation_data(
+        pbmc_small, label_key="bulk_labels", checkpoint=model, use_raw=True, seed=3
+    )
+    pd.testing.assert_frame_equal(report.split_counts, expected.split_counts)
+    kwargs = {
+        "label_key": "bulk_labels", "checkpoint": model, "use_raw": True, "max_len": 16,
+        "strategies": ("frozen_probe",), "batch_size": 100, "device": "cpu",
+    }  # fmt: skip
+    with pytest.warns(FutureWarning, match="adapt_annotation: random_state"):
+        legacy = adapt_annotation(pbmc_small, random_state=5, **kwargs)
+    current = adapt_annotation(pbmc_small, seed=5, **kwargs)
+    pd.testing.assert_series_equal(legacy.split_, current.split_)
+    np.testing.assert_array_equal(
+        legacy.predict(pbmc_small).probabilities, current.predict(pbmc_small).probabilities
+    )
+
+
+def test_runner_saved_before_data_spec_still_loads(runner, pbmc_small, checkpoint, tmp_path):
+    path = runner.save(tmp_path / "old", strategy="head")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["data_spec"]["use_raw"] is True and manifest["data_spec"]["spec_version"] == 1
+    # the layout written by scdlkit 0.1.x: no data_spec, the seed under random_state
+    del manifest["data_spec"]
+    manifest["params"]["random_state"] = manifest["params"].pop("seed")
+    manifest["params"]["seed"] = manifest["tokenizer"]["seed"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = AnnotationRunner.load(path, checkpoint=checkpoint, device="cpu")
+    assert loaded.seed == 42 and loaded.spec.use_raw and loaded.spec.label_key == "bulk_labels"
+    np.testing.assert_array_equal(
+        loaded.predict(pbmc_small).probabilities,
+        runner.predict(pbmc_small, strategy="head").probabilities,
+    )

@@ -7,6 +7,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 import scdlkit
 from scdlkit import Trainer
@@ -17,6 +18,7 @@ from scdlkit.foundation import (
     TokenSource,
     load_scgpt,
 )
+from scdlkit.foundation.model import pack_tokens
 from scdlkit.foundation.testing import make_tiny_checkpoint
 from scdlkit.tl._embed_scgpt import embed_scgpt
 
@@ -35,9 +37,12 @@ def model(tmp_path_factory, pbmc_module):
 
 def test_embed_writes_unit_norm_embeddings_and_record(pbmc_module, model, tmp_path):
     adata = pbmc_module.copy()
-    embed_scgpt(
-        adata, checkpoint=model.identity.path, use_raw=True, max_len=64, batch_size=32, device="cpu"
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the default key_added is a prefix
+        embed_scgpt(
+            adata, checkpoint=model.identity.path, use_raw=True, max_len=64, batch_size=32,
+            device="cpu",
+        )  # fmt: skip
     embedding = adata.obsm["X_scgpt"]
     assert embedding.shape == (120, 16) and embedding.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
@@ -78,6 +83,33 @@ def test_predict_dataset_with_inputs(pbmc_module, model):
     out = Trainer(model, EmbeddingTask(), device="cpu").predict_dataset(loader)
     assert out["latent"].shape == (120, 16) and out["gene_ids"].shape == (120, 32)
     assert out["index"].tolist() == list(range(120))
+    packed = pack_tokens(torch.from_numpy(out["gene_ids"]), torch.from_numpy(out["values"]))
+    np.testing.assert_array_equal(out["x"], packed.numpy())
+    with torch.inference_mode():
+        direct = model(torch.from_numpy(out["x"]))
+    np.testing.assert_allclose(out["latent"], direct["latent"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["cell_embedding"], direct["cell_embedding"].numpy(), atol=1e-6)
+    assert (out["gene_ids"][:, 0] == model.vocab.cls_id).all()
+
+
+def test_embedding_is_the_normalised_cls_output_of_a_manual_forward(pbmc_module, model):
+    adata = embed_scgpt(pbmc_module, checkpoint=model, use_raw=True, max_len=32, copy=True)
+    again = embed_scgpt(pbmc_module, checkpoint=model, use_raw=True, max_len=32, copy=True)
+    np.testing.assert_array_equal(adata.obsm["X_scgpt"], again.obsm["X_scgpt"])
+    source = TokenSource.from_adata(pbmc_module, model.vocab, use_raw=True)
+    batch = next(
+        iter(TokenLoader(source, ScGPTTokenizer.from_model(model, max_len=32), batch_size=120))
+    )
+    with torch.inference_mode():
+        cls = model.backbone.cell_embedding(
+            batch["gene_ids"], batch["values"], batch["padding_mask"]
+        )
+    expected = torch.nn.functional.normalize(cls, dim=1).numpy()
+    np.testing.assert_allclose(adata.obsm["X_scgpt"], expected, atol=1e-5)
+    embedding = adata.obsm["X_scgpt"]
+    distances = np.linalg.norm(embedding[:, None] - embedding[None], axis=-1)
+    off_diagonal = distances[~np.eye(len(embedding), dtype=bool)]
+    assert off_diagonal.min() > 1e-4  # every cell gets its own embedding
 
 
 def test_mudata_modality(model, pbmc_module):
@@ -89,8 +121,25 @@ def test_mudata_modality(model, pbmc_module):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         mdata = md.MuData({"rna": rna})
-    embed_scgpt(mdata, checkpoint=model, mod="rna", max_len=16, key_added="X_fm")
-    assert mdata.mod["rna"].obsm["X_fm"].shape == (120, 16) and "fm" in mdata.mod["rna"].uns
+    embed_scgpt(mdata, checkpoint=model, mod="rna", max_len=16, key_added="fm")
+    single = embed_scgpt(
+        ad.AnnData(rna.X.copy(), obs=rna.obs.copy(), var=rna.var.copy()),
+        checkpoint=model, max_len=16, copy=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(mdata.mod["rna"].obsm["X_fm"], single.obsm["X_scgpt"])
+    assert "fm" in mdata.mod["rna"].uns and "X_fm" not in mdata.obsm
+
+
+def test_full_obsm_key_is_deprecated_but_still_understood(pbmc_module, model):
+    with pytest.warns(FutureWarning, match="key_added is now a prefix"):
+        old = embed_scgpt(
+            pbmc_module, checkpoint=model, use_raw=True, max_len=16, key_added="X_fm", copy=True
+        )
+    new = embed_scgpt(
+        pbmc_module, checkpoint=model, use_raw=True, max_len=16, key_added="fm", copy=True
+    )
+    np.testing.assert_array_equal(old.obsm["X_fm"], new.obsm["X_fm"])
+    assert "fm" in old.uns and "X_X_fm" not in old.obsm and "X_fm" not in old.uns
 
 
 def test_embed_errors(pbmc_module, model, tmp_path):

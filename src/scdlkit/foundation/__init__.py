@@ -15,12 +15,15 @@ which you obtained it.
 ==============================  ===================================================
 """
 
-from .annotation import AnnotationPrediction, AnnotationRunner, adapt_annotation
-from .checkpoint import CheckpointIdentity, LoadReport, load_scgpt
+from .annotation import adapt_annotation
+from .checkpoint import load_scgpt
 from .config import ScGPTConfig
 from .data import GeneMatch, TokenLoader, TokenSource, match_genes
+from .identity import CheckpointIdentity, LoadReport
 from .inspect import AnnotationDataReport, inspect_annotation_data
 from .model import ScGPTBackbone, ScGPTModel
+from .output import AnnotationPrediction
+from .runner import AnnotationRunner
 from .strategies import (
     STRATEGIES,
     AdapterConfig,

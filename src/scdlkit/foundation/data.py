@@ -26,7 +26,7 @@ from .._errors import MissingKeyError, format_names
 from ..data import resolve_fields
 from ..data.fields import ModSpec
 from ..data.loaders import epoch_rng
-from ..data.matrix import SourceMatrix, is_backed, iter_row_blocks
+from ..data.matrix import SourceMatrix, is_backed, iter_row_blocks, summarize_matrix
 from ._hashing import cell_keys
 from .model import pack_tokens
 from .tokenizer import ScGPTTokenizer
@@ -146,36 +146,35 @@ class MatrixScan:
 
 
 def scan_matrix(matrix: SourceMatrix, columns: np.ndarray) -> MatrixScan:
-    """Count expressed genes per cell and find invalid values, reading row blocks."""
+    """Count expressed genes per cell and find invalid values, reading row blocks.
+
+    Each block's matched columns are checked by :func:`scdlkit.data.matrix.summarize_matrix`
+    (the one value scanner); only the per-cell count of expressed genes is added here.
+
+    Examples
+    --------
+    >>> scan = scan_matrix(np.array([[0.0, 2.0, 1.0], [3.0, -1.0, 0.0]]), np.array([0, 1]))
+    >>> scan.n_expressed.tolist(), scan.min_value, scan.first_bad_row
+    ([1, 1], -1.0, 1)
+    """
     counts = np.zeros(matrix.shape[0], dtype=np.int64)
     min_value = math.inf
     n_nonfinite = 0
     first_bad = -1
     for start, block in iter_row_blocks(matrix):
-        sub = block[:, columns]
-        if sp.issparse(sub):
-            sub = sp.csr_matrix(sub)
-            data = sub.data
-            row_of = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-            implicit = sub.nnz < sub.shape[0] * sub.shape[1]
-        else:
-            sub = np.asarray(sub)
-            data = sub.ravel()
-            row_of = np.repeat(np.arange(sub.shape[0]), sub.shape[1])
-            implicit = False
-        finite = np.isfinite(data)
-        bad = ~finite | (np.where(finite, data, 0) < 0)
-        if bad.any() and first_bad < 0:
-            first_bad = start + int(row_of[np.argmax(bad)])
-        n_nonfinite += int((~finite).sum())
-        if finite.any():
-            min_value = min(min_value, float(data[finite].min()))
-        if implicit:
-            min_value = min(min_value, 0.0)
-        positive = finite & (data > 0)
-        counts[start : start + sub.shape[0]] += np.bincount(
-            row_of[positive], minlength=sub.shape[0]
+        sub = (
+            sp.csr_matrix(block[:, columns])
+            if sp.issparse(block)
+            else np.asarray(block)[:, columns]
         )
+        summary = summarize_matrix(sub)
+        n_nonfinite += summary.n_nonfinite
+        min_value = min(min_value, summary.min_value)
+        counts[start : start + sub.shape[0]] = np.asarray((sub > 0).sum(axis=1)).ravel()
+        if first_bad < 0 and (summary.n_nonfinite or summary.min_value < 0):
+            negative = np.flatnonzero(np.asarray((sub < 0).sum(axis=1)).ravel())
+            candidates = [*negative[:1], summary.first_nonfinite_row]
+            first_bad = start + min(int(row) for row in candidates if row >= 0)
     return MatrixScan(counts, 0.0 if min_value == math.inf else min_value, n_nonfinite, first_bad)
 
 

@@ -12,6 +12,7 @@ from mudata import MuData
 
 from ..data import CategoryEncoder, resolve_fields
 from ..data.fields import ModSpec
+from ..data.spec import DEFAULT_SEED, resolve_seed
 from ..data.splits import check_split_sizes, draw_split
 from .checkpoint import read_vocab
 from .data import (
@@ -138,8 +139,9 @@ def inspect_annotation_data(
     max_len: int | None = None,
     val_size: float = 0.15,
     test_size: float = 0.15,
-    random_state: int = 42,
+    seed: int = DEFAULT_SEED,
     min_gene_overlap: float | int = DEFAULT_MIN_GENE_OVERLAP,
+    random_state: int | None = None,
 ) -> AnnotationDataReport:
     """Check gene overlap, values, class balance and the split before :func:`adapt_annotation`.
 
@@ -161,10 +163,12 @@ def inspect_annotation_data(
     max_len
         Sequence length that will be used (default: the checkpoint's ``max_seq_len``);
         cells with more expressed genes are reported (they will be subsampled).
-    val_size, test_size, random_state
+    val_size, test_size, seed
         The split :func:`adapt_annotation` would draw.
     min_gene_overlap
         Share (below 1) or number of genes that must be in the vocabulary.
+    random_state
+        Deprecated alias of ``seed`` (``FutureWarning``).
 
     Returns
     -------
@@ -191,6 +195,7 @@ def inspect_annotation_data(
     >>> report.ok, report.gene_overlap
     (True, 1.0)
     """
+    seed = resolve_seed(seed, random_state, where="inspect_annotation_data")
     if isinstance(checkpoint, ScGPTModel):
         config, vocab = checkpoint.scgpt_config, checkpoint.vocab
     else:
@@ -245,7 +250,7 @@ def inspect_annotation_data(
                 labels=codes,
                 val_size=val_size,
                 test_size=test_size,
-                random_state=random_state,
+                random_state=seed,
             )
         except ValueError as error:
             problems.append(str(error))

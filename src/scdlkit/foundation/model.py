@@ -16,10 +16,10 @@ from torch import nn
 
 from ..models.base import ScdlModel
 from .config import ScGPTConfig
+from .identity import CheckpointIdentity, LoadReport
 from .layers import ContinuousValueEncoder, GeneEncoder, TransformerEncoder
 
 if TYPE_CHECKING:
-    from .checkpoint import CheckpointIdentity, LoadReport
     from .vocab import GeneVocab
 
 

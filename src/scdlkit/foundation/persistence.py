@@ -3,6 +3,9 @@
 Only the tensors the strategy trained are stored (head, PEFT parameters, or
 the whole encoder for ``full_finetune``); the base checkpoint is identified by
 its path and the SHA-256 of its weights and vocabulary, and verified on load.
+The data options are stored as a versioned :class:`~scdlkit.data.spec.DataSpec`
+(``data_spec``); manifests written before it (flat ``params`` with
+``random_state``) still load.
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from .._atomic import atomic_directory
 from .._errors import format_names
-from .checkpoint import CheckpointIdentity
+from ..data.spec import DataSpec
+from .checkpoint import checkpoint_identity, load_scgpt
+from .identity import CheckpointIdentity
+from .model import ScGPTModel
+from .tokenizer import ScGPTTokenizer
 
 FORMAT = "scdlkit.scgpt_annotation"
 FORMAT_VERSION = 1
@@ -114,3 +123,71 @@ def check_tensors(
                 f"expects {list(value.shape)}."
             )
             raise ValueError(msg)
+
+
+def load_base(
+    recorded: Mapping[str, str],
+    checkpoint: str | os.PathLike | ScGPTModel | None,
+    *,
+    device: str,
+) -> ScGPTModel:
+    """Return the base checkpoint a runner was trained on, after checking its hashes.
+
+    ``checkpoint`` defaults to the recorded path; a loaded model is reused.
+
+    Raises
+    ------
+    ValueError
+        The weights or vocabulary differ from the recorded ones.
+    """
+    checkpoint = recorded["path"] if checkpoint is None else checkpoint
+    if isinstance(checkpoint, ScGPTModel):
+        verify_identity(recorded, checkpoint.identity)
+        return checkpoint
+    verify_identity(recorded, checkpoint_identity(checkpoint))
+    return load_scgpt(checkpoint, device=device)
+
+
+def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+    """Return the runner's data options: ``data_spec``, or the flat ``params`` of older manifests."""
+    if "data_spec" in manifest:
+        return DataSpec.from_dict(manifest["data_spec"])
+    params = manifest["params"]
+    return DataSpec(
+        layer=params.get("layer"),
+        mod=params.get("mod"),
+        use_raw=bool(params.get("use_raw")),
+        label_key=manifest["label_key"],
+        val_size=float(params["val_size"]),
+        test_size=float(params["test_size"]),
+    )
+
+
+def saved_seed(params: Mapping[str, Any]) -> int:
+    """Return the runner's seed (``random_state`` in manifests written before ``seed``)."""
+    return int(params["random_state"] if "random_state" in params else params["seed"])
+
+
+def tokenizer_from(settings: Mapping[str, Any], base: ScGPTModel) -> ScGPTTokenizer:
+    """Rebuild the tokenizer saved by :meth:`ScGPTTokenizer.to_dict` for ``base``'s vocabulary."""
+    return ScGPTTokenizer(
+        pad_id=base.vocab.pad_id, cls_id=base.vocab.cls_id, n_bins=int(settings["n_bins"]),
+        max_len=int(settings["max_len"]), pad_value=float(settings["pad_value"]),
+        cls_value=float(settings["cls_value"]), seed=int(settings["seed"]),
+    )  # fmt: skip
+
+
+def comparison_records(table: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Return the comparison table as JSON records (``NaN`` becomes ``null``)."""
+    if table is None:
+        return []
+    return table.astype(object).where(table.notna(), None).to_dict(orient="records")
+
+
+def comparison_from(records: list[Mapping[str, Any]] | None) -> pd.DataFrame | None:
+    """Rebuild the comparison table from :func:`comparison_records` output."""
+    table = pd.DataFrame(records or [])
+    if table.empty:
+        return None
+    numeric = {column: np.float64 for column in table.columns if column != "strategy"}
+    return table.astype(numeric)

@@ -20,6 +20,22 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from .._errors import format_names
+from ..train.options import DEFAULT_LR
+
+#: Default epochs of a trained strategy. Deliberately far below the package-wide
+#: ``DEFAULT_EPOCHS`` (200): a pretrained encoder adapts within a few passes, every
+#: epoch runs the transformer over every training cell (hours per run at 200 epochs
+#: with a real checkpoint), and small labelled reference sets overfit quickly.
+ADAPTATION_EPOCHS = 15
+#: Default early-stopping patience of a trained strategy (``DEFAULT_PATIENCE`` is 20,
+#: more than ``ADAPTATION_EPOCHS``): a third of the epochs, so a stalled run stops.
+ADAPTATION_PATIENCE = 5
+#: Default gradient-norm clip of a trained strategy (the Trainer's default is none):
+#: fine-tuning a transformer with a freshly initialised head is unstable without it.
+ADAPTATION_GRAD_CLIP = 1.0
+#: ``full_finetune`` moves every pretrained weight: fewer epochs and a 10x smaller learning rate.
+FULL_FINETUNE_EPOCHS = 10
+FULL_FINETUNE_LR = 1e-4
 
 #: Projection names LoRA and IA3 can target (``ffn`` is IA3's feed-forward activation).
 LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "linear1", "linear2")
@@ -117,6 +133,10 @@ class FrozenProbeConfig(BaseConfig):
 class TrainedConfig(BaseConfig):
     """Training settings shared by every strategy trained with the :class:`~scdlkit.Trainer`.
 
+    The defaults differ from the Trainer's on purpose (see
+    ``ADAPTATION_EPOCHS``, ``ADAPTATION_PATIENCE`` and ``ADAPTATION_GRAD_CLIP``):
+    adapting a pretrained encoder needs few, clipped epochs.
+
     Parameters
     ----------
     epochs
@@ -133,11 +153,11 @@ class TrainedConfig(BaseConfig):
         Dropout before the classifier's linear layer.
     """
 
-    epochs: int = 15
-    lr: float = 1e-3
+    epochs: int = ADAPTATION_EPOCHS
+    lr: float = DEFAULT_LR
     weight_decay: float = 0.0
-    early_stopping_patience: int | None = 5
-    grad_clip: float | None = 1.0
+    early_stopping_patience: int | None = ADAPTATION_PATIENCE
+    grad_clip: float | None = ADAPTATION_GRAD_CLIP
     head_dropout: float = 0.1
 
     def validate(self) -> None:  # noqa: D102
@@ -192,8 +212,8 @@ class FullFinetuneConfig(TrainedConfig):
     """
 
     strategy: ClassVar[str] = "full_finetune"
-    epochs: int = 10
-    lr: float = 1e-4
+    epochs: int = FULL_FINETUNE_EPOCHS
+    lr: float = FULL_FINETUNE_LR
 
 
 @dataclass(frozen=True)

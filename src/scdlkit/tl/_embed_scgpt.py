@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,20 +11,48 @@ from anndata import AnnData
 from mudata import MuData
 from scanpy import logging as logg
 
-from .._docs import doc_adata, doc_copy, doc_layer, doc_mod, doc_params
+from .._docs import doc_adata, doc_copy, doc_key_added, doc_layer, doc_mod, doc_params
+from .._version import __version__
 from ..data.fields import ModSpec
 from ..data.handler import DataHandler, check_writable
+from ..data.record import align_rows, check_key_added, latent_key
 
 if TYPE_CHECKING:
     from ..foundation import ScGPTModel
 
 
-@doc_params(doc_adata=doc_adata, doc_layer=doc_layer, doc_mod=doc_mod, doc_copy=doc_copy)
+#: Default ``key_added`` of :func:`embed_scgpt` (writes ``.obsm["X_scgpt"]`` and ``.uns["scgpt"]``).
+DEFAULT_SCGPT_KEY = "scgpt"
+
+
+def _prefix(key_added: object) -> str:
+    """Return the prefix of ``key_added``; an old full ``.obsm`` key (``"X_..."``) warns and is stripped."""
+    key = check_key_added(key_added)
+    if key.startswith("X_") and len(key) > 2:
+        prefix = key.removeprefix("X_")
+        warnings.warn(
+            f"embed_scgpt: key_added is now a prefix (as on every scdlkit writer): pass "
+            f"key_added={prefix!r}, which writes .obsm['X_{prefix}'] and .uns[{prefix!r}]. The old "
+            f"full .obsm key {key!r} is still understood for now.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return prefix
+    return key
+
+
+@doc_params(
+    doc_adata=doc_adata,
+    doc_layer=doc_layer,
+    doc_mod=doc_mod,
+    doc_key_added=doc_key_added,
+    doc_copy=doc_copy,
+)
 def embed_scgpt(
     adata: AnnData | MuData,
     *,
     checkpoint: str | os.PathLike | ScGPTModel,
-    key_added: str = "X_scgpt",
+    key_added: str = DEFAULT_SCGPT_KEY,
     layer: str | None = None,
     use_raw: bool = False,
     mod: ModSpec = None,
@@ -51,9 +80,9 @@ def embed_scgpt(
     checkpoint
         scGPT checkpoint folder (``args.json``, ``vocab.json``, ``best_model.pt``)
         or a model from :func:`scdlkit.foundation.load_scgpt`.
-    key_added
-        ``.obsm`` key of the embeddings; the record goes to ``.uns`` under the
-        same name without a leading ``X_``.
+    {doc_key_added}
+        The embeddings go to ``.obsm[f"X_{key_added}"]``. An old full ``.obsm``
+        key such as ``"X_scgpt"`` still works, with a ``FutureWarning``.
     {doc_layer}
         Values must be non-negative (counts or log-normalised, not scaled).
     use_raw
@@ -78,9 +107,9 @@ def embed_scgpt(
     -------
     ``None``, or the modified copy with ``copy=True``. Sets:
 
-    ``.obsm[key_added]`` : float32 ``(n_cells, embsize)``
-        Unit-norm cell embeddings (use with ``sc.pp.neighbors(adata, use_rep=key_added)``).
-    ``.uns[key_added.removeprefix("X_")]`` : dict
+    ``.obsm[f"X_{key_added}"]`` : float32 ``(n_cells, embsize)``
+        Unit-norm cell embeddings (``sc.pp.neighbors(adata, use_rep="X_scgpt")``).
+    ``.uns[key_added]`` : dict
         ``params``, ``checkpoint`` (path, ``weights_sha256``, ``vocab_sha256``),
         ``n_genes_matched``, ``gene_overlap``, ``embsize``, ``version``.
 
@@ -102,7 +131,6 @@ def embed_scgpt(
     >>> adata.obsm["X_scgpt"].shape
     (700, 16)
     """
-    from .. import __version__
     from ..foundation import (
         EmbeddingTask,
         ScGPTModel,
@@ -112,10 +140,9 @@ def embed_scgpt(
         load_scgpt,
     )
     from ..train import Trainer
+    from ..train.options import TrainerOptions
 
-    if not isinstance(key_added, str) or not key_added or "/" in key_added:
-        msg = f"key_added must be a non-empty string without '/', got {key_added!r}."
-        raise ValueError(msg)
+    key = _prefix(key_added)
     check_writable(adata)
     start = logg.info("computing scGPT embeddings")
     adata = adata.copy() if copy else adata
@@ -129,14 +156,10 @@ def embed_scgpt(
         min_gene_overlap=min_gene_overlap,
     )  # fmt: skip
     loader = TokenLoader(source, tokenizer, batch_size=batch_size)
-    trainer = Trainer(model, EmbeddingTask(), batch_size=batch_size, device=device, progress=False)
+    options = TrainerOptions(batch_size=batch_size, device=device, seed=seed, progress=False)
+    trainer = Trainer.from_options(model, EmbeddingTask(), options)
     latent = trainer.predict_dataset(loader, include_inputs=False)["latent"].astype(np.float32)
-
-    target = handler.target
-    if not source.obs_names.equals(target.obs_names):
-        full = np.full((target.n_obs, latent.shape[1]), np.nan, dtype=np.float32)
-        full[target.obs_names.get_indexer(source.obs_names)] = latent
-        latent = full
+    latent = align_rows(latent, source.obs_names, handler.target.obs_names)
     params: dict[str, Any] = {
         "layer": layer, "use_raw": use_raw, "mod": mod, "gene_symbols": gene_symbols,
         "batch_size": batch_size, "device": str(trainer.device), "min_gene_overlap": min_gene_overlap,
@@ -150,9 +173,9 @@ def embed_scgpt(
         "embsize": model.embsize,
         "version": __version__,
     }
-    uns_key = key_added.removeprefix("X_") or key_added
-    handler.stage("obsm", key_added, latent)
-    handler.stage("uns", uns_key, record)
+    obsm_key = latent_key(key)
+    handler.stage("obsm", obsm_key, latent)
+    handler.stage("uns", key, record)
     handler.commit()
-    logg.info("    finished", time=start, deep=f"added {key_added!r} (obsm), {uns_key!r} (uns)")
+    logg.info("    finished", time=start, deep=f"added {obsm_key!r} (obsm), {key!r} (uns)")
     return adata if copy else None
