@@ -234,7 +234,7 @@ def test_draw_split_properties(n_obs, n_labels, val_size, test_size, stratify, s
     labels = np.random.default_rng(seed).integers(0, n_labels, n_obs)
     kwargs = {"labels": labels, "val_size": val_size, "test_size": test_size, "stratify": stratify}
     try:
-        split = draw_split(n_obs, random_state=seed, **kwargs)
+        split = draw_split(n_obs, seed=seed, **kwargs)
     except ValueError as err:
         assert "ended up empty" in str(err)
         return
@@ -242,7 +242,7 @@ def test_draw_split_properties(n_obs, n_labels, val_size, test_size, stratify, s
     assert set(split) <= {"train", "val", "test"}
     assert (val_size == 0) == ("val" not in set(split))
     assert (test_size == 0) == ("test" not in set(split))
-    np.testing.assert_array_equal(split, draw_split(n_obs, random_state=seed, **kwargs))
+    np.testing.assert_array_equal(split, draw_split(n_obs, seed=seed, **kwargs))
     if stratify:
         assert set(labels[split == "train"]) == set(labels)  # every class keeps a training cell
     else:

@@ -1,8 +1,12 @@
 """The one path under every front: task ↔ model, build, fit, bundle save/load, outputs.
 
-``tl.fit``/``tl.predict``/``tl.evaluate``, ``TaskRunner``, ``compare_models``,
-the ``scdlkit`` command and ``adapt_annotation`` all call these functions; none
-of them assembles a model, a :class:`~scdlkit.Trainer` or a bundle by itself.
+``tl.fit``/``tl.predict``/``tl.evaluate``, ``TaskRunner``, ``compare_models``
+and the ``scdlkit`` command all call these functions; none of them assembles a
+model, a :class:`~scdlkit.Trainer` or a bundle by itself. The scGPT annotation
+path (``adapt_annotation``), whose input is gene tokens rather than prepared
+matrices, shares the layers under this one: :class:`~scdlkit.data.DataSpec`,
+:class:`~scdlkit.train.TrainerOptions` with ``Trainer.from_options``, the
+record/handler writers and the evaluation metrics.
 
 Data flows down once (a :class:`~scdlkit.data.DataSpec` and
 :class:`~scdlkit.train.TrainerOptions` → :func:`fit`), results flow up once

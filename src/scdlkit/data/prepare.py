@@ -210,7 +210,7 @@ def _assign_split(
     test_size: float,
     batch_aware_split: bool,
     stratify: bool,
-    random_state: int,
+    seed: int,
 ) -> np.ndarray:
     if split_key is not None:
         assignment = parse_split_column(fields.split, key=split_key)
@@ -226,7 +226,7 @@ def _assign_split(
         test_size=test_size,
         stratify=stratify,
         batch_aware=batch_aware_split,
-        random_state=random_state,
+        seed=seed,
     )
 
 
@@ -374,7 +374,7 @@ def prepare_data(
     batch = None if batch_encoder is None else batch_encoder.encode(fields.batches)
     assignment = _assign_split(
         fields, y, batch, split_key=split_key, val_size=val_size, test_size=test_size,
-        batch_aware_split=batch_aware_split, stratify=stratify, random_state=seed,
+        batch_aware_split=batch_aware_split, stratify=stratify, seed=seed,
     )  # fmt: skip
     split_rows = {name: np.flatnonzero(assignment == name) for name in SPLIT_NAMES}
     train_rows = split_rows["train"]

@@ -110,7 +110,7 @@ def draw_split(
     test_size: float = 0.15,
     stratify: bool = True,
     batch_aware: bool = False,
-    random_state: int = 42,
+    seed: int = 42,
 ) -> np.ndarray:
     """Draw a reproducible split.
 
@@ -131,7 +131,7 @@ def draw_split(
         Hold out whole batches (each batch lands in one split), so validation and
         test measure generalisation to unseen batches. Stratification does not
         apply then.
-    random_state
+    seed
         Seed; the same seed gives the same split.
 
     Returns
@@ -145,7 +145,7 @@ def draw_split(
         split that ends up with no cells.
     """
     check_split_sizes(val_size, test_size)
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed)
     if batch_aware:
         if batches is None:
             msg = "batch_aware_split=True needs batch_key= (the column whose batches are held out)."

@@ -250,7 +250,7 @@ def inspect_annotation_data(
                 labels=codes,
                 val_size=val_size,
                 test_size=test_size,
-                random_state=seed,
+                seed=seed,
             )
         except ValueError as error:
             problems.append(str(error))

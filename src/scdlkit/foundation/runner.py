@@ -265,7 +265,7 @@ class AnnotationRunner:
         codes = encoder.encode(source.labels)
         split = draw_split(
             source.n_obs, labels=codes, val_size=self.spec.val_size,
-            test_size=self.spec.test_size, random_state=self.seed,
+            test_size=self.spec.test_size, seed=self.seed,
         )  # fmt: skip
         tokenizer = ScGPTTokenizer.from_model(base, max_len=self.max_len, seed=self.seed)
         self.tokenizer_, self.label_encoder_ = tokenizer, encoder
