@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_json  # noqa: E402
 
 import scdlkit  # noqa: E402
-from scdlkit.evaluation import compare_models  # noqa: E402
+from scdlkit.workflows import compare_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data"

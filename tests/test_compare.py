@@ -6,8 +6,9 @@ from matplotlib.figure import Figure
 
 import scdlkit
 from scdlkit._errors import MissingKeyError
-from scdlkit.evaluation import compare_models
+from scdlkit.evaluation import COMPARISON_COLUMNS
 from scdlkit.pl._compare import compare
+from scdlkit.workflows import TaskRunner, compare_models
 
 FAST = {"device": "cpu", "epochs": 3, "batch_size": 128, "clustering": "kmeans"}
 REPRESENTATION = {"knn_accuracy", "silhouette_label", "ari", "nmi", "mse", "mae"}
@@ -30,6 +31,7 @@ def representation_table():
 def test_representation_table_has_a_row_per_model_and_metric(representation_table):
     table = representation_table
     assert list(table.columns) == ["model", "baseline", "metric", "value", "seconds", "parameters"]
+    assert tuple(table.columns) == COMPARISON_COLUMNS
     models = ["autoencoder", "vae", "vae (latent 8)", "PCA-50 (baseline)"]
     assert list(dict.fromkeys(table["model"])) == models
     for model in models:
@@ -45,10 +47,24 @@ def test_representation_table_has_a_row_per_model_and_metric(representation_tabl
     assert (wide["knn_accuracy"].between(0, 1)).all()
 
 
+def test_a_model_row_is_what_task_runner_scores(representation_table):
+    # one training path: the same settings through TaskRunner give the same model and metrics
+    adata = scdlkit.datasets.pbmc68k_reduced()
+    runner = TaskRunner(
+        "autoencoder", label_key="bulk_labels", use_raw=True, device="cpu", epochs=3,
+        batch_size=128, seed=42,
+    ).fit(adata)  # fmt: skip
+    metrics = runner.evaluate(clustering="kmeans")
+    rows = representation_table[representation_table["model"] == "autoencoder"]
+    got = dict(zip(rows["metric"], rows["value"], strict=True))
+    assert got == pytest.approx({name: metrics[name] for name in got})
+    assert rows["parameters"].iloc[0] == runner.n_parameters_
+
+
 def test_models_share_one_split(representation_table):
     # the baseline and the models are scored on the same 105 test cells of one split
     adata = scdlkit.datasets.pbmc68k_reduced()
-    prepared = scdlkit.prepare_data(adata, label_key="bulk_labels", use_raw=True, random_state=42)
+    prepared = scdlkit.prepare_data(adata, label_key="bulk_labels", use_raw=True, seed=42)
     from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -75,9 +91,11 @@ def test_classification_with_logistic_regression_baseline():
 
 
 def test_batch_metrics_and_no_baselines(synthetic):
+    # any DataSpec option (target_sum) and any Trainer option (weight_decay) is shared
     table = compare_models(
         synthetic, ["autoencoder"], label_key="cell_type", batch_key="batch", log1p=True,
-        normalize=True, baselines=False, metrics="representation", **FAST,
+        normalize=True, target_sum=1e3, weight_decay=1e-4, baselines=False,
+        metrics="representation", **FAST,
     )  # fmt: skip
     assert set(table["model"]) == {"autoencoder"}
     assert {"batch_silhouette", "ilisi", "knn_accuracy"} <= set(table["metric"])
@@ -99,6 +117,10 @@ def test_compare_models_validates_before_training(pbmc):
         compare_models(pbmc, ["vae"], epoch=3)
     with pytest.raises(TypeError, match="dict of TaskRunner options"):
         compare_models(pbmc, {"vae": 3})
+    with pytest.raises(ValueError, match="sets the data option.*'use_hvg'.*compare_models itself"):
+        compare_models(pbmc, {"vae": {"use_hvg": True}})
+    with pytest.raises(ValueError, match="Pass epochs to TaskRunner itself"):
+        compare_models(pbmc, ["vae"], trainer_kwargs={"epochs": 3})
     with pytest.raises(ValueError, match="one task"):
         compare_models(
             pbmc,

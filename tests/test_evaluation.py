@@ -7,9 +7,11 @@ from scipy.stats import pearsonr, spearmanr
 import scdlkit
 from scdlkit._errors import MissingKeyError
 from scdlkit.evaluation import (
+    COMPARISON_COLUMNS,
     batch_silhouette,
     classification_metrics,
     cluster_labels,
+    comparison_rows,
     ilisi,
     knn_accuracy,
     label_silhouette,
@@ -198,6 +200,29 @@ def test_classification_metrics_errors():
         )
     with pytest.raises(ValueError, match="2 entries but there are 3"):
         classification_metrics(["a", "b", "a"], ["a", "b"])
+
+
+def test_comparison_rows_build_the_table_pl_compare_draws():
+    metrics = classification_metrics(["a", "b", "b"], ["a", "b", "a"])
+    rows = comparison_rows("head", metrics, seconds=1.5, parameters=12)
+    rows += comparison_rows("probe", {"accuracy": 0.5, "n_cells": 3}, baseline=True)
+    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    assert list(table.columns) == ["model", "baseline", "metric", "value", "seconds", "parameters"]
+    head = table[table["model"] == "head"].set_index("metric")
+    assert list(head.index) == ["accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"]
+    assert head.loc["accuracy", "value"] == pytest.approx(2 / 3)
+    assert (head["seconds"] == 1.5).all() and (head["parameters"] == 12).all()
+    assert not head["baseline"].any()
+    probe = table[table["model"] == "probe"]
+    assert probe["metric"].tolist() == ["accuracy"] and probe["baseline"].item()
+    assert np.isnan(probe["seconds"].item())
+    import matplotlib.pyplot as plt
+
+    from scdlkit.pl._compare import compare
+
+    (ax,) = compare(table, metrics="accuracy", show=False)
+    assert [p.get_width() for p in ax.patches] == pytest.approx([2 / 3, 0.5])
+    plt.close("all")
 
 
 # --------------------------------------------------------------------------- tl.evaluate

@@ -1,12 +1,13 @@
-"""Evaluation: reconstruction, representation and classification metrics, and model comparison.
+"""Evaluation: reconstruction, representation and classification metrics.
 
-The maths is done by scikit-learn and scanpy; these functions choose the
-inputs (which cells, which reference) and name the results. Each group of
-metrics is also reachable on an AnnData through :func:`scdlkit.tl.evaluate`.
+Metric maths only, on arrays: the maths is done by scikit-learn and scanpy;
+these functions check the inputs and name the results. Each group of metrics
+is also reachable on an AnnData through :func:`scdlkit.tl.evaluate`; the
+workflows that train and score models (:class:`scdlkit.TaskRunner`,
+:func:`scdlkit.compare_models`) sit above and call these functions.
 """
 
 from ._classification import classification_metrics
-from ._compare import compare_models
 from ._reconstruction import reconstruction_metrics
 from ._representation import (
     batch_silhouette,
@@ -16,13 +17,14 @@ from ._representation import (
     label_silhouette,
     representation_metrics,
 )
-from ._tables import metrics_table
+from ._tables import COMPARISON_COLUMNS, comparison_rows, metrics_table
 
 __all__ = [
+    "COMPARISON_COLUMNS",
     "batch_silhouette",
     "classification_metrics",
     "cluster_labels",
-    "compare_models",
+    "comparison_rows",
     "ilisi",
     "knn_accuracy",
     "label_silhouette",

@@ -19,6 +19,67 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+#: Columns of a model comparison table (:func:`scdlkit.compare_models`, the annotation
+#: strategies), the long format :func:`scdlkit.pl.compare` draws.
+COMPARISON_COLUMNS = ("model", "baseline", "metric", "value", "seconds", "parameters")
+
+
+def comparison_rows(
+    model: str,
+    metrics: Mapping[str, Any],
+    *,
+    baseline: bool = False,
+    seconds: float = float("nan"),
+    parameters: int | None = None,
+) -> list[dict[str, Any]]:
+    """Return the rows of one model in a comparison table, one per single-number metric.
+
+    Build a table with ``pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))``;
+    :func:`scdlkit.pl.compare` draws it.
+
+    Parameters
+    ----------
+    model
+        Row label of the model (or baseline, or strategy).
+    metrics
+        Metric name → value; only single numbers are kept (not ``n_cells``).
+    baseline
+        Whether the row is a reference method (drawn grey and hatched).
+    seconds
+        Time to fit the model, not to score it.
+    parameters
+        Trainable parameters (or fitted coefficients of a baseline).
+
+    Examples
+    --------
+    >>> rows = comparison_rows(
+    ...     "vae", {"knn_accuracy": 0.9, "n_cells": 10}, seconds=2.0, parameters=5
+    ... )
+    >>> rows == [
+    ...     {
+    ...         "model": "vae",
+    ...         "baseline": False,
+    ...         "metric": "knn_accuracy",
+    ...         "value": 0.9,
+    ...         "seconds": 2.0,
+    ...         "parameters": 5,
+    ...     }
+    ... ]
+    True
+    """
+    return [
+        {
+            "model": model,
+            "baseline": bool(baseline),
+            "metric": name,
+            "value": value,
+            "seconds": float(seconds),
+            "parameters": parameters,
+        }
+        for name, value in scalar_metrics(metrics).items()
+    ]
+
+
 def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """Turn a metrics dictionary into a tidy table with columns ``metric`` and ``value``.
 

@@ -5,15 +5,56 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from ._tables import confusion_table, metrics_table, per_class_table
+from .._version import __version__
+from ..data import PreparedData
+from ..evaluation._tables import confusion_table, metrics_table, per_class_table
+from ..train import Trainer
 
-if TYPE_CHECKING:
-    from ..runner import TaskRunner
+
+class ReportedRunner(Protocol):
+    """What a report reads from a fitted runner (:class:`~scdlkit.TaskRunner` is one)."""
+
+    model: str
+    task: str
+    metrics_: dict[str, Any] | None
+    prepared_: PreparedData | None
+    fit_seconds_: float | None
+
+    @property
+    def label_key(self) -> str | None:
+        """``.obs`` column with the labels."""
+
+    @property
+    def batch_key(self) -> str | None:
+        """``.obs`` column with the batches."""
+
+    @property
+    def trainer_(self) -> Trainer | None:
+        """The fitted trainer."""
+
+    @property
+    def n_parameters_(self) -> int:
+        """Trainable parameters."""
+
+    def get_params(self) -> dict[str, Any]:
+        """Return the runner's settings."""
+
+    def plot_losses(self, **kwargs: Any) -> Any:
+        """Draw the losses."""
+
+    def plot_latent(self, **kwargs: Any) -> Any:
+        """Draw the latent space."""
+
+    def plot_reconstruction(self, **kwargs: Any) -> Any:
+        """Draw the reconstruction."""
+
+    def plot_confusion_matrix(self, **kwargs: Any) -> Any:
+        """Draw the confusion matrix."""
 
 
 def markdown_table(frame: pd.DataFrame, *, index: bool = False, digits: int = 4) -> str:
@@ -48,7 +89,7 @@ def _save(fig: Any, path: Path) -> str:
     return path.name
 
 
-def _figures(runner: TaskRunner, folder: Path, latent_method: str) -> dict[str, str]:
+def _figures(runner: ReportedRunner, folder: Path, latent_method: str) -> dict[str, str]:
     figures = {
         "Training and validation loss": _save(
             runner.plot_losses(show=False, return_fig=True), folder / "losses.png"
@@ -73,10 +114,8 @@ def _figures(runner: TaskRunner, folder: Path, latent_method: str) -> dict[str, 
     return figures
 
 
-def write_report(runner: TaskRunner, folder: Path, *, latent_method: str = "umap") -> Path:
+def write_report(runner: ReportedRunner, folder: Path, *, latent_method: str = "umap") -> Path:
     """Write ``report.md``, ``metrics.csv`` and the figures of a fitted runner into ``folder``."""
-    from .. import __version__
-
     folder.mkdir(parents=True, exist_ok=True)
     metrics = runner.metrics_ or {}
     table = metrics_table(metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -11,28 +12,26 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from .. import pipeline
 from .._errors import format_names
-from ._tables import scalar_metrics
-from ._task import metric_groups, output_metrics
+from ..data import PreparedData, prepare_data
+from ..data.spec import DEFAULT_SEED, DataSpec
+from ..evaluation import COMPARISON_COLUMNS, comparison_rows
+from ..evaluation._task import metric_groups, output_metrics
+from ..train.options import TrainerOptions
+from ._scoring import decoded, held_out, held_out_inputs
+from .runner import TaskRunner
 
-#: Columns of the table :func:`compare_models` returns.
-COLUMNS = ("model", "baseline", "metric", "value", "seconds", "parameters")
 PCA_BASELINE = "PCA-{n} (baseline)"
 LOGREG_BASELINE = "logistic regression (baseline)"
 
-#: ``compare_models`` options that are passed to every :class:`~scdlkit.TaskRunner`.
-_DATA_OPTIONS = (
-    "layer", "mod", "use_raw", "use_hvg", "n_top_genes", "normalize", "log1p", "scale",
-    "split_key", "val_size", "test_size",
-)  # fmt: skip
-
 
 def _candidates(models: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
-    """``{row label: TaskRunner options}`` from a list of names or a mapping of labels to options."""
+    """Return ``{row label: model options}`` from a list of names or a mapping of labels to options."""
     if isinstance(models, str):
         models = [models]
     if isinstance(models, Mapping):
-        out = {}
+        candidates = {}
         for label, options in models.items():
             if not isinstance(options, Mapping):
                 msg = (
@@ -40,8 +39,14 @@ def _candidates(models: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict
                     f"{{'model': 'vae', 'model_kwargs': {{'kl_weight': 1.0}}}}), got {options!r}."
                 )
                 raise TypeError(msg)
-            out[str(label)] = {"model": str(label), **dict(options)}
-        candidates = out
+            shared = sorted(set(options) & set(DataSpec.option_names()))
+            if shared:
+                msg = (
+                    f"models[{label!r}] sets the data option(s) {format_names(shared)}; every model "
+                    "is trained on the same prepared data, so pass them to compare_models itself."
+                )
+                raise ValueError(msg)
+            candidates[str(label)] = {"model": str(label), **dict(options)}
     else:
         names = [str(name) for name in models]
         duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -58,24 +63,33 @@ def _candidates(models: Sequence[str] | Mapping[str, Mapping[str, Any]]) -> dict
     return candidates
 
 
-def _rows(
-    label: str, metrics: Mapping[str, Any], *, baseline: bool, seconds: float, parameters: int
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": label,
-            "baseline": baseline,
-            "metric": name,
-            "value": value,
-            "seconds": seconds,
-            "parameters": parameters,
-        }  # fmt: skip
-        for name, value in scalar_metrics(metrics).items()
-    ]
+def _runner(options: Mapping[str, Any], shared: Mapping[str, Any]) -> TaskRunner:
+    """Return a :class:`TaskRunner` holding one model's settings.
+
+    Trainer options that are not TaskRunner arguments go to its ``trainer_kwargs``.
+    """
+    arguments = set(inspect.signature(TaskRunner).parameters)
+    merged = {**shared, **options}
+    unknown = sorted(set(merged) - set(TrainerOptions.option_names()) - arguments)
+    if unknown:
+        accepted = {*DataSpec.option_names(), *TrainerOptions.option_names(), *arguments}
+        msg = (
+            f"compare_models got unexpected option(s) {format_names(unknown)}; accepted: "
+            f"{format_names(sorted(accepted), limit=len(accepted))}."
+        )
+        raise ValueError(msg)
+    extra = {k: merged.pop(k) for k in list(merged) if k not in arguments}
+    if extra:
+        merged["trainer_kwargs"] = {**dict(merged.get("trainer_kwargs") or {}), **extra}
+    return TaskRunner(**merged)
+
+
+def _parameters(run: pipeline.FittedRun) -> int:
+    return int(sum(p.numel() for p in run.trainer.model.parameters() if p.requires_grad))
 
 
 def _baseline_rows(
-    prepared: Any,
+    prepared: PreparedData,
     task: str,
     groups: Sequence[str],
     *,
@@ -83,28 +97,22 @@ def _baseline_rows(
     seed: int,
     metric_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """PCA (representation, reconstruction) or logistic regression (classification) baselines."""
-    from ..runner import held_out
-
+    """Return the rows of the PCA (representation, reconstruction) or logistic-regression baseline."""
     evaluated, reference = held_out(prepared)
     started = time.perf_counter()
     x_train = prepared.train.to_numpy()
     x_eval = evaluated.to_numpy()
     encoder = prepared.label_encoder
-    labels = None if evaluated.y is None else np.asarray(encoder.decode(evaluated.y), dtype=str)
-    reference_labels = None
-    if reference is not None and reference.y is not None:
-        reference_labels = np.asarray(encoder.decode(reference.y), dtype=str)
-    batches = None
-    if evaluated.batch is not None:
-        batches = np.asarray(prepared.batch_encoder.decode(evaluated.batch), dtype=str)
+    labels = decoded(encoder, evaluated.y)
+    reference_labels = None if reference is None else decoded(encoder, reference.y)
+    batches = decoded(prepared.batch_encoder, evaluated.batch)
     seconds = time.perf_counter() - started
     if task == "classification":
         from sklearn.linear_model import LogisticRegression
 
         started = time.perf_counter()
         classifier = LogisticRegression(max_iter=1000, random_state=seed)
-        classifier.fit(x_train, np.asarray(encoder.decode(prepared.train.y), dtype=str))
+        classifier.fit(x_train, decoded(encoder, prepared.train.y))
         probabilities = np.zeros((x_eval.shape[0], encoder.n_categories))
         columns = [list(encoder.categories).index(name) for name in classifier.classes_]
         probabilities[:, columns] = classifier.predict_proba(x_eval)
@@ -115,7 +123,7 @@ def _baseline_rows(
             classes=list(encoder.categories), seed=seed, **metric_options,
         )  # fmt: skip
         parameters = int(classifier.coef_.size + classifier.intercept_.size)
-        return _rows(
+        return comparison_rows(
             LOGREG_BASELINE, metrics, baseline=True, seconds=seconds, parameters=parameters
         )
     from sklearn.decomposition import PCA
@@ -134,7 +142,7 @@ def _baseline_rows(
     )  # fmt: skip
     parameters = int(pca.components_.size + pca.mean_.size)
     label = PCA_BASELINE.format(n=n_components)
-    return _rows(label, metrics, baseline=True, seconds=seconds, parameters=parameters)
+    return comparison_rows(label, metrics, baseline=True, seconds=seconds, parameters=parameters)
 
 
 def compare_models(
@@ -149,16 +157,18 @@ def compare_models(
     n_pcs: int = 50,
     n_neighbors: int = 15,
     clustering: Literal["leiden", "kmeans"] = "leiden",
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     **options: Any,
 ) -> pd.DataFrame:
     """Train several models on the same split and score them, next to simple baselines.
 
     The data is prepared once (:func:`~scdlkit.prepare_data`), so every model
     sees the same training, validation and test cells and the same input.
-    Each model is trained by a :class:`~scdlkit.TaskRunner` and scored on the
-    test cells (:meth:`~scdlkit.TaskRunner.evaluate`). With ``baselines=True``
-    reference rows are added, fitted on the same training cells and input:
+    Each model is trained by the one training path (:func:`scdlkit.pipeline.train`,
+    as in :class:`~scdlkit.TaskRunner` and :func:`scdlkit.tl.fit`) and scored on the
+    test cells like :meth:`TaskRunner.evaluate <scdlkit.TaskRunner.evaluate>`.
+    With ``baselines=True`` reference rows are added, fitted on the same
+    training cells and input:
 
     - representation / reconstruction: PCA with ``n_pcs`` components
       (:class:`sklearn.decomposition.PCA`); its reconstruction is the inverse
@@ -175,7 +185,8 @@ def compare_models(
         AnnData or MuData with cells as rows.
     models
         Registry names (``["autoencoder", "vae"]``), or a dict of row labels to
-        :class:`~scdlkit.TaskRunner` options to compare variants, e.g.
+        model options (:class:`~scdlkit.TaskRunner` arguments other than data
+        options) to compare variants, e.g.
         ``{"vae": {}, "vae, KL 1": {"model": "vae", "model_kwargs": {"kl_weight": 1.0}}}``
         (``model`` defaults to the label).
     task
@@ -193,9 +204,12 @@ def compare_models(
     seed
         Seed of the split, the initial weights, training and the metrics.
     **options
-        Further :class:`~scdlkit.TaskRunner` options shared by every model:
-        preparation (``layer``, ``use_raw``, ``use_hvg``, ``normalize``, ``log1p``, ...)
-        and training (``epochs``, ``batch_size``, ``lr``, ``device``, ...).
+        Options shared by every model: data preparation (any
+        :class:`~scdlkit.data.DataSpec` option: ``layer``, ``use_raw``,
+        ``use_hvg``, ``normalize``, ``log1p``, ...), training (any
+        :class:`~scdlkit.train.TrainerOptions` option: ``epochs``,
+        ``batch_size``, ``lr``, ``device``, ``weight_decay``, ...) and
+        ``latent_dim``, ``model_kwargs``, ``trainer_kwargs``.
 
     Returns
     -------
@@ -209,8 +223,10 @@ def compare_models(
     ------
     ValueError
         An unknown model or one that does not support ``task``, a repeated
-        model, classification without ``label_key``, or an invalid option; all
-        checked before anything is trained.
+        model, classification without ``label_key``, an invalid option, or a
+        data option given for one model only; all checked before anything is trained.
+    TypeError
+        A value of the ``models`` dict that is not a dict of options.
 
     Examples
     --------
@@ -222,49 +238,37 @@ def compare_models(
     >>> sorted(frame["model"].unique())
     ['PCA-50 (baseline)', 'vae']
     """
-    from ..data import prepare_data
-    from ..runner import TaskRunner
-
-    unknown = sorted(set(options) - set(_DATA_OPTIONS) - set(_RUNNER_OPTIONS))
-    if unknown:
-        msg = (
-            f"compare_models got unexpected option(s) {format_names(unknown)}; accepted: "
-            f"{format_names([*_DATA_OPTIONS, *_RUNNER_OPTIONS])}."
-        )
-        raise ValueError(msg)
-    shared = {"task": task, "label_key": label_key, "batch_key": batch_key, "seed": seed, **options}
+    spec, training = DataSpec.from_options(
+        {"label_key": label_key, "batch_key": batch_key, **options}
+    )
+    shared = {"task": task, "label_key": label_key, "seed": seed, **training}
     runners = {
-        label: TaskRunner(**{**shared, **spec}) for label, spec in _candidates(models).items()
+        label: _runner(model_options, shared)
+        for label, model_options in _candidates(models).items()
     }
     tasks = sorted({runner.task for runner in runners.values()})
     if len(tasks) > 1:
         msg = f"All models must be trained for one task; the options ask for {format_names(tasks)}."
         raise ValueError(msg)
     groups = metric_groups(tasks[0], metrics)
-    data_options = {key: options[key] for key in _DATA_OPTIONS if key in options}
-    prepared = prepare_data(
-        adata, label_key=label_key, batch_key=batch_key, random_state=seed, **data_options
-    )
+    prepared = prepare_data(adata, **spec.to_kwargs(), seed=seed)
     metric_options = {"n_neighbors": n_neighbors, "clustering": clustering}
     rows: list[dict[str, Any]] = []
     for label, runner in runners.items():
-        runner._fit_prepared(adata, prepared)
-        result = runner.evaluate(metrics=list(groups), **metric_options)
-        rows += _rows(
-            label, result, baseline=False, seconds=runner.fit_seconds_,
-            parameters=runner.n_parameters_,
-        )  # fmt: skip
-        runner.trainer_ = runner.prepared_ = None  # free the model and data references
+        run = pipeline.train(
+            prepared,
+            runner.model,
+            task=runner.task,
+            model_kwargs=runner.model_kwargs,
+            options=runner.options,
+        )
+        inputs, _ = held_out_inputs(run.trainer, prepared)
+        result = output_metrics(groups, seed=runner.seed, **metric_options, **inputs)
+        rows += comparison_rows(
+            label, result, baseline=False, seconds=run.seconds, parameters=_parameters(run)
+        )
     if baselines:
         rows += _baseline_rows(
-            prepared, tasks[0], groups, n_pcs=n_pcs, seed=seed,
-            metric_options=metric_options,
-        )  # fmt: skip
-    return pd.DataFrame(rows, columns=list(COLUMNS))
-
-
-#: TaskRunner options (besides data preparation) that compare_models passes through.
-_RUNNER_OPTIONS = (
-    "latent_dim", "epochs", "batch_size", "lr", "device", "mixed_precision",
-    "early_stopping_patience", "model_kwargs", "trainer_kwargs",
-)  # fmt: skip
+            prepared, tasks[0], groups, n_pcs=n_pcs, seed=seed, metric_options=metric_options
+        )
+    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
