@@ -59,6 +59,8 @@ class Trainer(CheckpointMixin):
         Weight decay passed to the optimizer.
     optimizer
         ``"adam"``, ``"adamw"``, ``"sgd"``, or a callable ``params -> Optimizer``.
+        Adam and AdamW use torch's fused single-kernel step where it is
+        supported (CPU with torch >= 2.4, CUDA): same update, several times faster.
     scheduler
         ``None``, ``"cosine"`` (cosine annealing over ``epochs``), ``"plateau"``
         (halve the LR after 3 epochs without improvement), ``"step"`` (×0.5 every
