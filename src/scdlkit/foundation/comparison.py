@@ -18,6 +18,8 @@ import pandas as pd
 
 from ..evaluation._classification import classification_metrics
 from ..evaluation._probabilities import predicted_codes
+from ..evaluation._tables import COMPARISON_COLUMNS as LONG_COLUMNS
+from ..evaluation._tables import comparison_rows
 
 #: Comparison-table metric → its name in :func:`scdlkit.evaluation.classification_metrics`.
 #: The table keeps its published column names (``val_macro_f1``, ...); the long
@@ -42,9 +44,6 @@ COMPARISON_COLUMNS = (
     "best_epoch",
     "rank",
 )
-
-#: Columns of the long table (the format of :func:`scdlkit.compare_models`).
-LONG_COLUMNS = ("model", "baseline", "metric", "value", "seconds", "parameters")
 
 #: Ranking keys (best first) and their directions.
 _RANK_KEYS = (
@@ -154,16 +153,14 @@ def comparison_long(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame
         msg = f"split must be 'test' or 'val', got {split!r}."
         raise ValueError(msg)
     rows = [
-        {
-            "model": str(row["strategy"]),
-            "baseline": False,
-            "metric": name,
-            "value": float(row[f"{split}_{column}"]),
-            "seconds": float(row["seconds"]),
-            "parameters": int(row["trainable_parameters"]),
-        }
+        item
         for _, row in table.iterrows()
-        for column, name in METRIC_NAMES.items()
+        for item in comparison_rows(
+            str(row["strategy"]),
+            {name: float(row[f"{split}_{column}"]) for column, name in METRIC_NAMES.items()},
+            seconds=float(row["seconds"]),
+            parameters=int(row["trainable_parameters"]),
+        )
     ]
     return pd.DataFrame(rows, columns=list(LONG_COLUMNS))
 
