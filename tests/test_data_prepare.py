@@ -284,9 +284,9 @@ def test_citeseq(citeseq, unchanged):
 
 
 def test_split_is_reproducible(synthetic):
-    first = prepare_data(synthetic, label_key="cell_type", random_state=3)
-    second = prepare_data(synthetic, label_key="cell_type", random_state=3)
-    other = prepare_data(synthetic, label_key="cell_type", random_state=4)
+    first = prepare_data(synthetic, label_key="cell_type", seed=3)
+    second = prepare_data(synthetic, label_key="cell_type", seed=3)
+    other = prepare_data(synthetic, label_key="cell_type", seed=4)
     np.testing.assert_array_equal(first.split, second.split)
     assert not np.array_equal(first.split, other.split)
     # sizes do not depend on the seed
@@ -300,7 +300,7 @@ def test_stratified_split_keeps_every_class_in_train(synthetic):
     labels = np.array(["common"] * 290 + ["rare_a"] * 2 + ["rare_b"] * 1 + ["mid"] * 7)
     synthetic.obs["label"] = pd.Categorical(labels)
     for seed in range(5):
-        prepared = prepare_data(synthetic, label_key="label", random_state=seed)
+        prepared = prepare_data(synthetic, label_key="label", seed=seed)
         table = pd.crosstab(np.asarray(prepared.split), labels)
         assert (table.loc["train"] >= 1).all()
         assert table.loc["train", "rare_b"] == 1
@@ -324,7 +324,7 @@ def test_split_key_is_honoured_exactly(synthetic, unchanged):
     )
     synthetic.obs["fold"] = values
     check = unchanged(synthetic)
-    prepared = prepare_data(synthetic, split_key="fold", label_key="cell_type", random_state=99)
+    prepared = prepare_data(synthetic, split_key="fold", label_key="cell_type", seed=99)
     check()
     canonical = {
         "train": "train",
@@ -357,7 +357,7 @@ def test_split_key_label_missing_from_train_warns(synthetic):
 
 def test_batch_aware_split_holds_out_whole_batches(synthetic):
     synthetic.obs["donor"] = pd.Categorical([f"d{i % 5}" for i in range(synthetic.n_obs)])
-    prepared = prepare_data(synthetic, batch_key="donor", batch_aware_split=True, random_state=0)
+    prepared = prepare_data(synthetic, batch_key="donor", batch_aware_split=True, seed=0)
     table = pd.crosstab(np.asarray(prepared.split), synthetic.obs["donor"].to_numpy())
     assert ((table > 0).sum(axis=0) == 1).all()  # each batch in exactly one split
     assert set(table.index) == {"train", "val", "test"}

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from scdlkit.models import (
+    MODEL_ALIASES,
     VAE,
     AutoEncoder,
+    BaseModel,
     DenoisingAutoEncoder,
     MLPClassifier,
     ScdlModel,
@@ -73,13 +75,67 @@ def make(name: str, **overrides) -> ScdlModel:
 def test_list_models_is_a_dataframe_of_the_bundled_models():
     models = list_models()
     assert isinstance(models, pd.DataFrame)
-    assert list(models.columns) == ["name", "supported_tasks", "description"]
+    assert list(models.columns) == ["name", "supported_tasks", "aliases", "description"]
     assert models["name"].tolist() == BUNDLED
     tasks = dict(zip(models["name"], models["supported_tasks"], strict=True))
     assert tasks["mlp_classifier"] == ("classification",)
     for name in ("autoencoder", "vae", "denoising_autoencoder", "transformer_ae"):
         assert tasks[name] == ("representation", "reconstruction")
     assert models["description"].str.len().min() > 10
+    aliases = {
+        name: aliases
+        for name, aliases in zip(models["name"], models["aliases"], strict=True)
+        if name in BUNDLED
+    }
+    assert aliases == {
+        "autoencoder": ("ae",),
+        "denoising_autoencoder": ("dae",),
+        "mlp_classifier": ("classifier",),
+        "transformer_ae": ("transformer_autoencoder",),
+        "vae": (),
+    }
+
+
+def test_scdlkit_0_1_6_aliases_resolve_to_the_bundled_models():
+    assert dict(MODEL_ALIASES) == {
+        "ae": "autoencoder",
+        "classifier": "mlp_classifier",
+        "dae": "denoising_autoencoder",
+        "transformer_autoencoder": "transformer_ae",
+    }
+    for alias, name in MODEL_ALIASES.items():
+        assert get_model_class(alias) is get_model_class(name)
+        model = create_model(alias, input_dim=INPUT_DIM, **SMALL[name])
+        assert model.config["name"] == name
+        assert model.registry_name == name
+    with pytest.raises(TypeError):
+        MODEL_ALIASES["vae2"] = "vae"  # read-only
+    assert BaseModel is ScdlModel
+    # only registry names are proposed as corrections; the aliases are listed
+    with pytest.raises(ValueError, match=r"Did you mean 'vae'\?.*\(aliases: 'ae', 'classifier'"):
+        get_model_class("vea")
+
+
+def test_a_registered_name_takes_precedence_over_an_alias(clean_registry):
+    @register_model("ae")
+    class Mine(ScdlModel):
+        """My own ae."""
+
+        supported_tasks = ("reconstruction",)
+
+        def __init__(self, *, input_dim: int):
+            super().__init__()
+            self.layer = nn.Linear(input_dim, input_dim)
+
+        def forward(self, x):
+            return {"reconstruction": self.layer(x)}
+
+    assert get_model_class("ae") is Mine
+    assert create_model("ae", input_dim=3).config["name"] == "ae"
+    models = list_models().set_index("name")
+    assert models.loc["autoencoder", "aliases"] == ()  # no longer an alias
+    assert models.loc["ae", "aliases"] == ()
+    assert get_model_class("dae") is DenoisingAutoEncoder  # the other aliases still work
 
 
 def test_get_model_class_and_models_for_task():

@@ -104,6 +104,11 @@ def test_bundled_models_train_on_pbmc(prepared, name, task_name, options):
         assert set(predictions) == {"latent", "reconstruction"}
         assert predictions["reconstruction"].shape == batch["x"].shape
         assert predictions["latent"].shape == (len(val), model.latent_dim)
+    # predict returns the model's own (eval-mode) outputs, unchanged
+    with torch.inference_mode():
+        outputs = model(batch["x"])
+    for key, value in predictions.items():
+        torch.testing.assert_close(value, outputs[key], rtol=0, atol=0)
 
 
 def test_training_is_reproducible(prepared):
@@ -277,9 +282,18 @@ def test_reconstruction_shape_mismatch_is_reported():
 
 
 def test_check_model_accepts_supported_pairs():
+    checked = []
     for name, task_name, _ in TRAINING_CASES:
         extra = {"num_classes": 3} if name == "mlp_classifier" else {}
-        get_task(task_name).check_model(create_model(name, input_dim=8, **extra))
+        model = create_model(name, input_dim=8, **extra).eval()
+        task = get_task(task_name)
+        assert task.check_model(model) is None
+        assert task_name in model.supported_tasks
+        with torch.inference_mode():
+            outputs = task.predict(model, {"x": torch.rand(4, 8)})
+        assert list(outputs) == list(task.output_keys), (name, task_name)
+        checked.append((name, task_name))
+    assert checked == [(name, task_name) for name, task_name, _ in TRAINING_CASES]
 
 
 def test_check_model_rejects_unsupported_task():
@@ -407,4 +421,11 @@ def test_register_task(clean_tasks):
         def forward(self, x):
             return {"logits": self.layer(x)}
 
-    get_task("smooth_classification").check_model(SmoothMLP(input_dim=4))
+    smooth = get_task("smooth_classification")
+    model = SmoothMLP(input_dim=4)
+    assert smooth.check_model(model) is None
+    batch = {"x": torch.randn(5, 4), "y": torch.tensor([0, 1, 2, 0, 1])}
+    loss, stats, outputs = smooth.compute_loss(model, batch)
+    expected = F.cross_entropy(outputs["logits"], batch["y"], label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(stats["cross_entropy"], expected.detach())

@@ -45,8 +45,13 @@ def test_fit_predict_round_trip_in_new_process(pbmc, tmp_path):
     scdlkit.tl.predict(pbmc)
     latent = pbmc.obsm["X_scdlkit"]
     assert latent.shape == (700, 32) and latent.dtype == np.float32
+    assert np.isfinite(latent).all() and (latent.std(axis=0) > 0).all()
     recon = pbmc.layers["scdlkit_reconstruction"]
     assert recon.shape == pbmc.shape and recon.dtype == np.float32
+    # the reconstruction follows the input (after 4 epochs: ~570 against ~950 for all zeros)
+    observed = pbmc.raw.X.toarray() if hasattr(pbmc.raw.X, "toarray") else pbmc.raw.X
+    error = ((recon - observed) ** 2).sum(axis=1).mean()
+    assert error < 0.8 * (observed**2).sum(axis=1).mean()
 
     path = tmp_path / "fitted.h5ad"
     pbmc.write_h5ad(path)
@@ -97,9 +102,11 @@ def test_copy_leaves_input_untouched(pbmc, unchanged):
     check = unchanged(pbmc)
     fitted = _fit(pbmc, copy=True)
     check()
-    assert "scdlkit" in fitted.uns
+    assert fitted.uns["scdlkit"]["model"] == "vae" and fitted.uns["scdlkit"]["epochs_run"] == 4
     predicted = scdlkit.tl.predict(fitted, copy=True)
     assert "X_scdlkit" in predicted.obsm and "X_scdlkit" not in fitted.obsm
+    scdlkit.tl.predict(fitted)  # in place: the same values as the copy got
+    np.testing.assert_array_equal(fitted.obsm["X_scdlkit"], predicted.obsm["X_scdlkit"])
 
 
 def test_two_keys_coexist_and_rerun_overwrites(pbmc):
@@ -120,11 +127,17 @@ def test_neighbors_umap_and_embedding_plot_chain(pbmc):
     scdlkit.tl.predict(pbmc, outputs=["latent"])
     assert "scdlkit_reconstruction" not in pbmc.layers
     sc.pp.neighbors(pbmc, use_rep="X_scdlkit", n_neighbors=10)
+    assert pbmc.uns["neighbors"]["params"]["use_rep"] == "X_scdlkit"
+    assert pbmc.obsp["distances"].shape == (700, 700)
     sc.tl.umap(pbmc)
+    assert pbmc.obsm["X_umap"].shape == (700, 2) and np.isfinite(pbmc.obsm["X_umap"]).all()
     axes = sc.pl.umap(pbmc, color="bulk_labels", show=False)
-    assert axes is not None
+    assert sum(len(c.get_offsets()) for c in axes.collections) == 700
     axes = sc.pl.embedding(pbmc, basis="scdlkit", color="bulk_labels", show=False)
-    assert axes is not None
+    points = np.concatenate([c.get_offsets() for c in axes.collections])
+    latent = pbmc.obsm["X_scdlkit"][:, :2]  # the first two latent dimensions are drawn
+    np.testing.assert_allclose(np.sort(points[:, 0]), np.sort(latent[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(np.sort(points[:, 1]), np.sort(latent[:, 1]), rtol=1e-6)
 
 
 def test_query_mapping_with_checkpoint_matches_genes_by_name(pbmc):
@@ -260,7 +273,14 @@ def test_citeseq_mudata(citeseq):
         batch_size=64,
     )
     scdlkit.tl.predict(citeseq, outputs="latent")
-    assert citeseq.mod["rna"].obsm["X_scdlkit"].shape == (400, 32)
+    rna = citeseq.mod["rna"]
+    latent = rna.obsm["X_scdlkit"]
+    assert latent.shape == (400, 32) and np.isfinite(latent).all()
+    params = rna.uns["scdlkit"]["params"]
+    assert (params["mod"], params["batch_key"], params["use_hvg"]) == ("rna", "batch", True)
+    assert len(rna.uns["scdlkit"]["history"]["train_loss"]) == 2
+    scdlkit.tl.predict(citeseq, outputs="latent", key_added="again")
+    np.testing.assert_array_equal(rna.obsm["X_again"], latent)
 
 
 def test_real_counts_end_to_end(pbmc_3tech, tmp_path):

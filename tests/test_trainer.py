@@ -79,11 +79,50 @@ class _InferenceOnly(ScdlModel):
 
 
 def test_inference_only_model_predicts_but_refuses_fit(prepared):
-    trainer = Trainer(_InferenceOnly(input_dim=prepared.input_dim), "representation", device="cpu")
+    model = _InferenceOnly(input_dim=prepared.input_dim)
+    trainer = Trainer(model, "representation", device="cpu")
     with pytest.raises(NotImplementedError, match="inference-only"):
         trainer.fit(prepared.train)
     out = trainer.predict_dataset(prepared.val)
+    with torch.inference_mode():
+        expected = model.proj(torch.from_numpy(prepared.val.to_numpy())).numpy()
     assert out["latent"].shape == (len(prepared.val), 3)
+    np.testing.assert_allclose(out["latent"], expected, rtol=1e-5, atol=1e-6)
+
+
+class _LatentOnly(ScdlModel):
+    """An inference-only encoder that returns a latent and nothing else."""
+
+    supported_tasks = ("representation",)
+    supports_training = False
+
+    def __init__(self, *, input_dim: int):
+        super().__init__()
+        self.input_dim = input_dim
+        self.proj = nn.Linear(input_dim, 2)
+
+    def forward(self, x):
+        return {"latent": self.proj(x)}
+
+
+def test_latent_only_inference_model_works_in_predict_dataset(prepared):
+    # a reconstruction is needed to train a representation, not to predict one
+    model = _LatentOnly(input_dim=prepared.input_dim)
+    trainer = Trainer(model, "representation", device="cpu")
+    out = trainer.predict_dataset(prepared.test)
+    assert "reconstruction" not in out
+    with torch.inference_mode():
+        expected = model.proj(torch.from_numpy(prepared.test.to_numpy())).numpy()
+    np.testing.assert_allclose(out["latent"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["index"], prepared.test.rows)
+
+
+def test_trainer_defaults_are_the_shared_ones():
+    trainer = Trainer(create_model("autoencoder", input_dim=4), "representation", device="cpu")
+    settings = trainer.settings()
+    # one default on every surface (the Trainer used 50 epochs and patience 10 before)
+    assert (settings["epochs"], settings["early_stopping_patience"]) == (200, 20)
+    assert (settings["batch_size"], settings["lr"], settings["seed"]) == (256, 1e-3, 42)
 
 
 def test_save_checkpoint_before_fit_raises_runtime_error(prepared, tmp_path):

@@ -1,7 +1,8 @@
 """Minibatch loading: whole minibatches sliced from the source matrix in one operation.
 
-Each batch is the dictionary of DESIGN §2: ``x`` (float32, cells x features),
-``y`` and ``batch`` (int64, when known) and ``index`` (int64 source rows).
+Each batch is the batch dictionary: ``x`` (float32, cells x features), ``y``
+and ``batch`` (int64, when known), ``index`` (int64 source rows) and, for
+count models, ``library``, ``cat_covs`` and ``cont_covs``.
 In-memory matrices are indexed directly with the batch's rows. Backed
 matrices are read in contiguous row blocks, visited in shuffled order and
 shuffled inside each block, so memory is bounded by the block size.

@@ -1,6 +1,7 @@
 """Run records in AnnData/MuData: which object holds a run, the keys it owns, where outputs live.
 
-This is the one place that knows the AnnData side of a scdlkit run (DESIGN §4):
+This is the one place that knows the AnnData side of a scdlkit run (the keys
+of ``docs/architecture.md``):
 ``tl``, ``pl``, the command line, the workflows and the annotation path all ask
 it instead of re-implementing the lookups.
 """
@@ -17,9 +18,6 @@ from mudata import MuData
 
 from .._errors import MissingKeyError, format_names
 from .fields import ModSpec, resolve_target
-
-#: Default prefix of every key a run writes.
-DEFAULT_KEY = "scdlkit"
 
 #: Key patterns a scdlkit run may own, per slot (``{key}`` is the ``key_added`` prefix).
 OWNED_KEYS: dict[str, tuple[str, ...]] = {

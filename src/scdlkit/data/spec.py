@@ -17,8 +17,6 @@ from .fields import ModSpec
 
 #: Version of the stored ``DataSpec`` dictionary (``data_spec`` in a bundle's config).
 SPEC_VERSION = 1
-#: Default seed of every scdlkit entry point (split, initial weights, training).
-DEFAULT_SEED = 42
 
 
 class Preprocessing(TypedDict, total=False):

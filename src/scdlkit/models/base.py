@@ -228,3 +228,7 @@ class ScdlModel(nn.Module):
         """Map ``x`` ``(n, input_dim)`` to a dictionary of output tensors."""
         msg = f"{type(self).__name__} must implement forward(x) -> dict[str, Tensor]."
         raise NotImplementedError(msg)
+
+
+#: The scDLKit 0.1.6 name of :class:`ScdlModel` (same class, kept so old code runs unchanged).
+BaseModel = ScdlModel

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from numbers import Integral
+from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 import pandas as pd
@@ -18,6 +19,17 @@ from .base import REGISTRY_NAME, ScdlModel
 ModelClass = TypeVar("ModelClass", bound=type[ScdlModel])
 
 _REGISTRY: dict[str, type[ScdlModel]] = {}
+
+#: The scDLKit 0.1.6 model names, each an alias of the registry name it now stands for.
+#: A name registered with :func:`register_model` takes precedence over an alias.
+MODEL_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "ae": "autoencoder",
+        "classifier": "mlp_classifier",
+        "dae": "denoising_autoencoder",
+        "transformer_autoencoder": "transformer_ae",
+    }
+)
 
 
 def _check_name(name: object) -> str:
@@ -129,13 +141,24 @@ def register_model(name: str, cls: ModelClass | None = None, *, overwrite: bool 
     return decorator
 
 
+def _active_aliases() -> dict[str, str]:
+    """Return the aliases in use: not shadowed by a registered name, pointing to a registered one."""
+    return {
+        alias: name
+        for alias, name in MODEL_ALIASES.items()
+        if alias not in _REGISTRY and name in _REGISTRY
+    }
+
+
 def get_model_class(name: str) -> type[ScdlModel]:
-    """Return the class registered under ``name``.
+    """Return the class registered under ``name`` (or under the name an alias stands for).
 
     Parameters
     ----------
     name
-        A registry name, see :func:`list_models`.
+        A registry name, see :func:`list_models`, or one of the scDLKit 0.1.6
+        names in :data:`MODEL_ALIASES` (``"ae"``, ``"dae"``, ``"classifier"``,
+        ``"transformer_autoencoder"``).
 
     Returns
     -------
@@ -144,12 +167,14 @@ def get_model_class(name: str) -> type[ScdlModel]:
     Raises
     ------
     ValueError
-        Unknown name; the message lists the registered names.
+        Unknown name; the message lists the registered names and the aliases.
 
     Examples
     --------
     >>> get_model_class("vae").__name__
     'VAE'
+    >>> get_model_class("ae") is get_model_class("autoencoder")
+    True
     """
     if name is None:
         msg = (
@@ -159,13 +184,17 @@ def get_model_class(name: str) -> type[ScdlModel]:
             "class with scdlkit.models.register_model."
         )
         raise ValueError(msg)
+    aliases = _active_aliases()
     if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
+    if isinstance(name, str) and name in aliases:
+        return _REGISTRY[aliases[name]]
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
+    alias_text = f" (aliases: {format_names(sorted(aliases))})" if aliases else ""
     msg = (
-        f"Unknown model {name!r}.{hint} Registered models: {format_names(sorted(_REGISTRY))}. "
-        "Register your own with scdlkit.models.register_model."
+        f"Unknown model {name!r}.{hint} Registered models: {format_names(sorted(_REGISTRY))}"
+        f"{alias_text}. Register your own with scdlkit.models.register_model."
     )
     raise ValueError(msg)
 
@@ -195,7 +224,8 @@ def create_model(name: str, *, input_dim: int, seed: int | None = 0, **kwargs: A
     name
         Registry name: ``"autoencoder"``, ``"vae"``, ``"denoising_autoencoder"``,
         ``"transformer_ae"``, ``"mlp_classifier"`` or one you registered
-        (see :func:`list_models`).
+        (see :func:`list_models`); an alias of :data:`MODEL_ALIASES` builds the
+        model it stands for, and ``model.config["name"]`` holds the registry name.
     input_dim
         Number of input features, usually ``prepared.input_dim``.
     seed
@@ -281,8 +311,9 @@ def list_models() -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame with columns ``name``, ``supported_tasks`` (tuple of task names)
-    and ``description``, sorted by name.
+    DataFrame with columns ``name``, ``supported_tasks`` (tuple of task names),
+    ``aliases`` (tuple of the other names that build the model, see
+    :data:`MODEL_ALIASES`) and ``description``, sorted by name.
 
     Examples
     --------
@@ -291,12 +322,20 @@ def list_models() -> pd.DataFrame:
     True
     >>> models.loc[models["name"] == "mlp_classifier", "supported_tasks"].item()
     ('classification',)
+    >>> models.loc[models["name"] == "autoencoder", "aliases"].item()
+    ('ae',)
     """
+    aliases = _active_aliases()
     rows = [
-        {"name": name, "supported_tasks": tuple(cls.supported_tasks), "description": _describe(cls)}
+        {
+            "name": name,
+            "supported_tasks": tuple(cls.supported_tasks),
+            "aliases": tuple(sorted(alias for alias, target in aliases.items() if target == name)),
+            "description": _describe(cls),
+        }
         for name, cls in sorted(_REGISTRY.items())
     ]
-    return pd.DataFrame(rows, columns=["name", "supported_tasks", "description"])
+    return pd.DataFrame(rows, columns=["name", "supported_tasks", "aliases", "description"])
 
 
 def models_for_task(task: str) -> list[str]:

@@ -16,17 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_PATIENCE,
+    DEFAULT_SEED,
+)
 from .._errors import format_names
 from .callbacks import Callback
-
-#: Default upper bound of epochs on every surface (early stopping usually ends sooner).
-DEFAULT_EPOCHS = 200
-#: Default epochs without improvement of the monitored loss before training stops.
-DEFAULT_PATIENCE = 20
-#: Default cells per minibatch.
-DEFAULT_BATCH_SIZE = 256
-#: Default learning rate.
-DEFAULT_LR = 1e-3
 
 OptimizerSpec = str | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerSpec = str | Callable[[torch.optim.Optimizer], Any] | None
@@ -75,7 +73,7 @@ class TrainerOptions:
     early_stopping_patience: int | None = DEFAULT_PATIENCE
     min_delta: float = 0.0
     checkpoint: bool = True
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     val_every: int = 1
     eval_batch_size: int | None = None
     num_workers: int = 0
