@@ -53,27 +53,72 @@ def fitted(small_h5ad) -> tuple[Path, subprocess.CompletedProcess]:
     out = small_h5ad.parent / "out" / "fitted.h5ad"
     result = run_cli(
         "fit", str(small_h5ad), "--model", "vae", "--use-raw", "--label-key", "bulk_labels",
-        "--epochs", "2", "--batch-size", "64", "--latent-dim", "6", "-o", str(out),
+        "--epochs", "2", "--batch-size", "64", "--latent-dim", "6", "--patience", "1",
+        "--val-size", "0.2", "--test-size", "0.1", "-o", str(out),
     )  # fmt: skip
     return out, result
 
 
-def test_fit_writes_results(fitted):
+def test_fit_writes_results(fitted, small_h5ad):
+    from scdlkit import pipeline
+
     out, result = fitted
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out}" in result.stdout
     adata = ad.read_h5ad(out)
     record = adata.uns["scdlkit"]
     assert record["model"] == "vae"
-    assert record["params"]["epochs"] == 2
+    assert record["task"] == "representation"
+    params = record["params"]
+    assert (params["epochs"], params["batch_size"], params["seed"]) == (2, 64, 42)
+    assert (params["val_size"], params["test_size"]) == (0.2, 0.1)
+    assert params["early_stopping_patience"] == 1
+    assert params["model_kwargs"] == {"latent_dim": 6}
     assert record["label_key"] == "bulk_labels"
+    assert list(record["label_categories"]) == list(adata.obs["bulk_labels"].cat.categories)
     checkpoint = Path(record["checkpoint"])
-    assert checkpoint.is_dir()
     assert checkpoint.parent == out.parent / "scdlkit_checkpoints"  # beside the output
-    assert adata.obsm["X_scdlkit"].shape == (adata.n_obs, 6)
-    assert adata.layers["scdlkit_reconstruction"].shape == adata.shape
-    assert set(adata.obs["scdlkit_split"].cat.categories) == {"train", "val", "test"}
-    assert len(record["history"]["epoch"]) == 2
+    split = adata.obs["scdlkit_split"].value_counts()
+    assert (split["train"], split["val"], split["test"]) == (245, 70, 35)  # 0.7 / 0.2 / 0.1 of 350
+    np.testing.assert_array_equal(record["history"]["epoch"], [1.0, 2.0])
+    # what the file holds is the bundle's prediction on the input cells
+    loaded = pipeline.load_run(checkpoint, device="cpu")
+    assert loaded.config["trainer"]["early_stopping_patience"] == 1
+    outputs = loaded.outputs(loaded.query(ad.read_h5ad(small_h5ad)), needed=["latent"])
+    np.testing.assert_allclose(adata.obsm["X_scdlkit"], outputs["latent"], rtol=1e-5, atol=1e-6)
+    assert adata.obsm["X_scdlkit"].shape == (350, 6)
+    reconstruction = adata.layers["scdlkit_reconstruction"]
+    assert reconstruction.shape == adata.shape and np.isfinite(reconstruction).all()
+    assert result.stdout.splitlines() == [
+        f"trained vae (representation) for 2 epochs; best loss {float(record['best_loss']):.4g} "
+        f"at epoch {record['best_epoch']}",
+        f"checkpoint: {checkpoint}",
+        f"wrote {out} (obsm['X_scdlkit'], layers['scdlkit_reconstruction'], obs['scdlkit_split'])",
+    ]
+
+
+def test_fit_defaults_are_the_shared_ones():
+    import inspect
+
+    from scdlkit import _defaults
+    from scdlkit.cli import build_parser
+    from scdlkit.data.record import DEFAULT_KEY
+    from scdlkit.data.spec import DEFAULT_SEED
+    from scdlkit.train.options import TrainerOptions
+
+    args = build_parser().parse_args(["fit", "in.h5ad", "-o", "out.h5ad", "--model", "vae"])
+    trainer = TrainerOptions()
+    assert (args.epochs, args.early_stopping_patience) == (trainer.epochs, 20)
+    assert trainer.early_stopping_patience == _defaults.DEFAULT_PATIENCE
+    assert (args.batch_size, args.lr) == (trainer.batch_size, trainer.lr)
+    assert args.seed == DEFAULT_SEED == trainer.seed == _defaults.DEFAULT_SEED
+    assert args.key_added == DEFAULT_KEY == _defaults.DEFAULT_KEY
+    fit_defaults = inspect.signature(scdlkit.tl.fit).parameters
+    for name in ("epochs", "batch_size", "lr", "seed", "key_added"):
+        assert fit_defaults[name].default == getattr(args, name), name
+    # the data options left out fall through to tl.fit's own defaults
+    assert (args.n_top_genes, args.val_size, args.test_size) == (None, None, None)
+    demo = build_parser().parse_args(["demo"])
+    assert (demo.epochs, demo.seed) == (scdlkit.cli.DEMO_EPOCHS, DEFAULT_SEED)
 
 
 def test_predict_and_info(fitted, capsys):
@@ -92,13 +137,25 @@ def test_predict_and_info(fitted, capsys):
 
     info = run_cli("info", str(predicted))
     assert info.returncode == 0, info.stderr
-    assert "adata.uns['scdlkit']" in info.stdout and "adata.uns['again']" in info.stdout
-    assert "vae" in info.stdout and "representation" in info.stdout
-    assert "2 epochs" in info.stdout
-    assert "(exists)" in info.stdout
-    assert (
-        "obsm['X_scdlkit'], layers['scdlkit_reconstruction'], obs['scdlkit_split']" in info.stdout
-    )
+    record = adata.uns["scdlkit"]
+    header, *runs = info.stdout.strip().split("\n\n")
+    assert header == f"{predicted}: AnnData with 350 cells x 765 features"
+    blocks = {block.splitlines()[0]: block.splitlines() for block in runs}
+    assert blocks["adata.uns['scdlkit']"] == [
+        "adata.uns['scdlkit']",
+        "  model       vae",
+        "  task        representation",
+        f"  version     scdlkit {scdlkit.__version__}",
+        f"  training    2 epochs; best loss {float(record['best_loss']):.4g} at epoch "
+        f"{record['best_epoch']}",
+        "  labels      'bulk_labels' (10 classes)",
+        f"  checkpoint  {record['checkpoint']} (exists)",
+        "  results     obsm['X_scdlkit'], layers['scdlkit_reconstruction'], obs['scdlkit_split']",
+    ]
+    again = blocks["adata.uns['again']"]
+    assert "  training    none recorded (written by predict)" in again
+    assert again[-1] == "  results     obsm['X_again']"
+    assert len(blocks) == 2
 
 
 def test_info_reports_missing_checkpoint_and_empty_file(fitted, tmp_path, capsys):
@@ -129,6 +186,7 @@ def test_errors_in_process(small_h5ad, tmp_path, capsys):
         (["fit", str(small_h5ad), "--model", "vae", "-o", str(tmp_path / "f.h5mu")], ".h5mu"),
         (["fit", str(small_h5ad), "--model", "vae", "--layer", "x", "-o", "f.h5ad"], "'x'"),
         (["info", str(tmp_path)], "directory"),
+        (["fit", str(small_h5ad), "--model", "vae", "--patience", "-1", "-o", never], "patience"),
         (
             ["fit", str(small_h5ad), "--model", "vae", "--label-key", "celltype", "-o", never],
             "'celltype' in adata.obs (columns: 'bulk_labels'",
@@ -182,6 +240,15 @@ def test_demo(tmp_path, capsys, monkeypatch, real_umap):
     adata = ad.read_h5ad(out_dir / "pbmc68k_scdlkit.h5ad")
     assert "X_umap" in adata.obsm and "X_scdlkit" in adata.obsm
     assert adata.uns["neighbors"]["params"]["use_rep"] == "X_scdlkit"
+    assert adata.uns["scdlkit"]["params"]["seed"] == 42
+    # the accuracy printed is scdlkit.evaluation.knn_accuracy: test cells against training cells
+    split = adata.obs["scdlkit_split"].to_numpy()
+    latent, labels = adata.obsm["X_scdlkit"], adata.obs["bulk_labels"].astype(str).to_numpy()
+    train, test = split == "train", split == "test"
+    expected = scdlkit.evaluation.knn_accuracy(
+        latent[test], labels[test], reference_latent=latent[train], reference_labels=labels[train]
+    )
+    assert f"held-out test cells with accuracy {expected:.2f}." in stdout
 
 
 def test_h5mu_fit_and_info(small_mudata, tmp_path, capsys):

@@ -282,6 +282,27 @@ def test_reconstruction_errors(adata, tmp_path):
         warnings.simplefilter("error")
         fig = scdlkit.pl.reconstruction(moved, genes="CD79A", return_fig=True)
     assert isinstance(fig, Figure)
+    original = scdlkit.pl.reconstruction(adata, genes="CD79A", show=False)
+    np.testing.assert_array_equal(
+        fig.axes[0].collections[0].get_offsets(), original.collections[0].get_offsets()
+    )
+
+
+def test_record_lookup_messages(adata):
+    with pytest.raises(MissingKeyError) as info:
+        scdlkit.pl.reconstruction(adata, genes="CD79A", key="nope", show=False)
+    message = str(info.value)
+    assert "adata.uns['nope']" in message
+    assert "scdlkit records present: 'scdlkit', 'clf'" in message
+    assert "scdlkit.pl.reconstruction draws a run: Run scdlkit.tl.fit" in message
+    # a reconstruction kept in .obsm needs the record's feature list
+    in_obsm = adata.copy()
+    in_obsm.obsm["scdlkit_reconstruction"] = in_obsm.layers.pop("scdlkit_reconstruction")
+    del in_obsm.uns["scdlkit"]["reconstruction_features"]
+    with pytest.raises(MissingKeyError, match="reconstruction_features; run tl.predict again"):
+        scdlkit.pl.reconstruction(in_obsm, genes="CD79A", show=False)
+    with pytest.raises(MissingKeyError, match=r"with a model that reconstructs its input"):
+        scdlkit.pl.reconstruction(adata, genes="CD79A", key="clf", show=False)
 
 
 def test_mudata_several_modalities_and_modality_classifier(small_mudata, tmp_path):

@@ -170,3 +170,94 @@ def test_csc_warning_becomes_issue(synthetic):
     adata.X = sp.csc_matrix(adata.X)
     report = scdlkit.pp.inspect(adata, normalize=True, log1p=True, show=False)
     assert any("CSC" in issue for issue in report.issues)
+
+
+def test_raw_counts_issue_is_the_message_tl_fit_logs(synthetic):
+    from scdlkit.data.prepare import raw_counts_message
+
+    report = scdlkit.pp.inspect(synthetic, show=False)
+    assert report.issues == [raw_counts_message("adata.X")]
+    adata = synthetic.copy()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.astype(np.float32) / 2.5  # not counts any more
+    layered = scdlkit.pp.inspect(adata, layer="counts", show=False)
+    assert layered.issues == [raw_counts_message("adata.layers['counts']")]
+    assert scdlkit.pp.inspect(adata, show=False).issues == []
+
+
+def test_empty_cells_and_features_and_density(synthetic):
+    dense = synthetic.X.toarray().astype(np.float32)
+    dense[[4, 8, 15]] = 0.0  # three empty cells
+    dense[:, [2, 7]] = 0.0  # two empty genes
+    expected_nonzero = int(np.count_nonzero(dense))
+    for matrix in (dense, sp.csr_matrix(dense)):
+        adata = ad.AnnData(matrix, obs=synthetic.obs.copy(), var=synthetic.var.copy())
+        report = scdlkit.pp.inspect(adata, normalize=True, log1p=True, show=False)
+        assert report.n_empty_cells == 3
+        assert report.n_empty_features == 2
+        assert report.density == expected_nonzero / dense.size
+        assert report.max_value == dense.max()
+        assert "3 cells have no counts at all" in " ".join(report.issues)
+
+
+# --------------------------------------------------------------------------- the one scanner
+
+
+def _expected_summary(dense: np.ndarray) -> dict:
+    finite = dense[np.isfinite(dense)]
+    nonzero = dense != 0
+    return {
+        "n_nonfinite": int(dense.size - finite.size),
+        "min_value": float(finite.min()) if finite.size else 0.0,
+        "max_value": float(finite.max()) if finite.size else 0.0,
+        "n_negative": int(np.count_nonzero(finite < 0)),
+        "n_nonzero": int(np.count_nonzero(nonzero)),
+        "n_empty_rows": int(np.count_nonzero(~nonzero.any(axis=1))),
+        "n_empty_columns": int(np.count_nonzero(~nonzero.any(axis=0))),
+        "is_integer": bool(np.all(finite == np.round(finite))),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["dense", "csr", "csr_explicit_zeros", "backed_csr", "backed_dense"]
+)
+def test_summarize_matrix_matches_numpy(kind, tmp_path, monkeypatch):
+    from scdlkit.data import matrix as matrix_module
+    from scdlkit.data.matrix import summarize_matrix
+
+    monkeypatch.setattr(matrix_module, "SCAN_BLOCK_ROWS", 7)  # several blocks
+    monkeypatch.setattr(matrix_module, "_SCAN_VALUES", 11)
+    rng = np.random.default_rng(3)
+    dense = rng.poisson(0.7, size=(40, 9)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.1] *= -1.5
+    dense[[3, 17, 39]] = 0.0
+    dense[:, 4] = 0.0
+    dense[21, 2], dense[30, 6] = np.nan, -np.inf
+    matrix = sp.csr_matrix(dense) if kind != "dense" else dense
+    if kind == "csr_explicit_zeros":
+        matrix.data[matrix.indptr[5] : matrix.indptr[6]] = 0.0  # row 5 only stores zeros
+        dense = matrix.toarray()
+    if kind.startswith("backed"):
+        path = tmp_path / "scan.h5ad"
+        ad.AnnData(dense if kind == "backed_dense" else matrix).write_h5ad(path)
+        matrix = ad.read_h5ad(path, backed="r").X
+    summary = summarize_matrix(matrix)
+    expected = _expected_summary(dense)
+    assert {name: getattr(summary, name) for name in expected} == expected
+    assert summary.first_nonfinite_row == 21
+    assert expected["n_empty_rows"] == (4 if kind == "csr_explicit_zeros" else 3)
+
+
+def test_summarize_matrix_edge_cases():
+    from scdlkit.data.matrix import summarize_matrix
+
+    counts = summarize_matrix(np.array([[0, 3], [0, 5]], dtype=np.int32))
+    assert (counts.min_value, counts.max_value, counts.is_integer) == (0.0, 5.0, True)
+    assert (counts.n_nonzero, counts.n_empty_rows, counts.n_empty_columns) == (2, 0, 1)
+    empty = summarize_matrix(sp.csr_matrix((4, 3), dtype=np.float32))
+    assert (empty.min_value, empty.max_value, empty.n_nonzero) == (0.0, 0.0, 0)
+    assert (empty.n_empty_rows, empty.n_empty_columns) == (4, 3)
+    nothing_finite = summarize_matrix(np.full((2, 2), np.nan))
+    assert (nothing_finite.n_nonfinite, nothing_finite.first_nonfinite_row) == (4, 0)
+    assert (nothing_finite.min_value, nothing_finite.max_value) == (0.0, 0.0)
+    assert nothing_finite.n_nonzero == 4 and nothing_finite.n_empty_rows == 0

@@ -9,6 +9,12 @@ Subcommands::
 
 Exit codes: 0 success, 1 a data, key or file problem (one ``error: ...`` line on
 standard error), 2 a usage error.
+
+The command is a thin front: ``fit``/``predict`` call :func:`scdlkit.tl.fit` and
+:func:`scdlkit.tl.predict`, run records are found through
+:mod:`scdlkit.data.record`. The package is imported inside the commands, so
+``--help`` and ``--version`` answer without loading torch or scanpy (the
+defaults shown come from the import-free ``scdlkit._defaults``).
 """
 
 from __future__ import annotations
@@ -20,19 +26,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_KEY,
+    DEFAULT_LR,
+    DEFAULT_PATIENCE,
+    DEFAULT_SEED,
+)
+from ._version import __version__
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
-#: Default epochs of ``scdlkit demo`` (well under a minute on two CPU cores).
+#: Default epochs of ``scdlkit demo`` (well under a minute on two CPU cores); ``scdlkit fit``
+#: uses the shared default of every surface (``DEFAULT_EPOCHS``).
 DEMO_EPOCHS = 30
-
-_OWNED_KEYS = {
-    "obsm": ("X_{key}", "{key}_logits", "{key}_probabilities", "{key}_reconstruction"),
-    "layers": ("{key}_reconstruction",),
-    "obs": ("{key}_split", "{key}_prediction", "{key}_confidence"),
-}
-
 
 #: mudata's notice about a future default of ``update()``: not actionable for CLI users.
 _MUDATA_NOTICE = r"From 0\.4 \.update\(\)"
@@ -105,35 +115,6 @@ def _check_output(path: str, input_path: str) -> None:
 # --------------------------------------------------------------------------- run records
 
 
-def _records(data: Any) -> list[tuple[str, Any, str, Mapping[str, Any]]]:
-    """``(where, object, key, record)`` of every scdlkit run record in the file."""
-    from mudata import MuData
-
-    holders = [("adata" if not isinstance(data, MuData) else "mdata", data)]
-    if isinstance(data, MuData):
-        holders += [(f"mdata.mod[{name!r}]", modality) for name, modality in data.mod.items()]
-    found = []
-    for where, holder in holders:
-        for key, value in holder.uns.items():
-            if isinstance(value, Mapping) and "checkpoint" in value and "version" in value:
-                found.append((where, holder, str(key), value))
-    return found
-
-
-def _present_keys(holder: Any, key: str) -> list[str]:
-    present = []
-    for slot, patterns in _OWNED_KEYS.items():
-        store = getattr(holder, slot, None)
-        if store is None:
-            continue
-        names = store.columns if slot == "obs" else store.keys()
-        for pattern in patterns:
-            name = pattern.format(key=key)
-            if name in names:
-                present.append(f"{slot}[{name!r}]")
-    return present
-
-
 def _number(value: Any, fmt: str = ".4g") -> str:
     try:
         return format(float(value), fmt)
@@ -142,6 +123,8 @@ def _number(value: Any, fmt: str = ".4g") -> str:
 
 
 def _describe_record(where: str, holder: Any, key: str, record: Mapping[str, Any]) -> list[str]:
+    from .data.record import present_keys
+
     history = record.get("history")
     epochs = record.get("epochs_run")
     if epochs is None and isinstance(history, Mapping) and "epoch" in history:
@@ -166,7 +149,7 @@ def _describe_record(where: str, holder: Any, key: str, record: Mapping[str, Any
         n_classes = len(record.get("label_categories", []))
         lines.append(f"  labels      {record['label_key']!r} ({n_classes} classes)")
     lines.append(f"  checkpoint  {checkpoint} ({status})")
-    present = _present_keys(holder, key)
+    present = present_keys(holder, key)
     lines.append(f"  results     {', '.join(present) if present else 'none'}")
     return lines
 
@@ -185,15 +168,11 @@ def _outputs(text: str | None) -> list[str] | None:
 
 
 def _written(holder: Any, key: str) -> str:
-    present = _present_keys(holder, key)
+    """List the keys of run ``key`` that ``holder`` has, for the closing line."""
+    from .data.record import present_keys
+
+    present = present_keys(holder, key)
     return ", ".join(present) if present else "nothing"
-
-
-def _record_holder(data: Any, key: str) -> Any:
-    for _, holder, record_key, _ in _records(data):
-        if record_key == key:
-            return holder
-    return data
 
 
 def _modalities(text: str | None) -> str | list[str] | None:
@@ -205,6 +184,8 @@ def _modalities(text: str | None) -> str | list[str] | None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     import scdlkit
+
+    from .data.record import record_holder
 
     _check_output(args.output, args.input)
     data = _read(args.input)
@@ -223,10 +204,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         batch_key=args.batch_key,
         split_key=args.split_key,
         use_hvg=args.use_hvg,
-        n_top_genes=args.n_top_genes,
         normalize=args.normalize,
         log1p=args.log1p,
         scale=args.scale,
+        **{
+            name: getattr(args, name)
+            for name in ("n_top_genes", "val_size", "test_size")
+            if getattr(args, name) is not None
+        },
         key_added=args.key_added,
         checkpoint_dir=checkpoint_dir,
         model_kwargs=model_kwargs,
@@ -235,13 +220,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         lr=args.lr,
         device=args.device,
         seed=args.seed,
+        early_stopping_patience=args.early_stopping_patience,
     )
     if args.predict:
         scdlkit.tl.predict(data, key=args.key_added, mod=_modalities(args.mod), device=args.device)
     if not scdlkit.train.is_main_process():
         return EXIT_OK  # under torchrun, rank 0 writes the file
     path = _write(data, args.output)
-    holder = _record_holder(data, args.key_added)
+    holder = record_holder(data, args.key_added, _modalities(args.mod))
     record = holder.uns[args.key_added]
     print(
         f"trained {record.get('model')} ({record.get('task')}) for {record.get('epochs_run')} "
@@ -254,6 +240,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     import scdlkit
+
+    from .data.record import record_holder
 
     _check_output(args.output, args.input)
     data = _read(args.input)
@@ -272,22 +260,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     path = _write(data, args.output)
     prefix = args.key_added or args.key
-    print(f"wrote {path} ({_written(_record_holder(data, prefix), prefix)})")
+    print(f"wrote {path} ({_written(record_holder(data, prefix, _modalities(args.mod)), prefix)})")
     return EXIT_OK
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .data.record import find_records
+
     data = _read(args.input, backed=True)
     try:
-        records = _records(data)
+        records = find_records(data)
         kind = type(data).__name__
         print(f"{args.input}: {kind} with {data.n_obs} cells x {data.n_vars} features")
         if not records:
             print("no scdlkit runs recorded (run `scdlkit fit` or scdlkit.tl.fit first)")
             return EXIT_OK
-        for where, holder, key, record in records:
+        for where, holder, key in records:
             print()
-            print("\n".join(_describe_record(where, holder, key, record)))
+            print("\n".join(_describe_record(where, holder, key, holder.uns[key])))
     finally:
         file = getattr(data, "file", None)
         if file is not None:
@@ -295,23 +285,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _knn_accuracy(adata: Any, key: str, label_key: str) -> float | None:
-    """Accuracy of 15-nearest-neighbour labels in the latent space, fitted on train, on test."""
+def _held_out_knn_accuracy(adata: Any, key: str, label_key: str) -> float | None:
+    """Return the kNN accuracy on the test cells, learnt from the training cells (``None``: no split)."""
     import numpy as np
-    from sklearn.neighbors import KNeighborsClassifier
 
-    split = adata.obs.get(f"{key}_split")
+    from .data.record import SPLIT_KEY, latent_key
+    from .evaluation import knn_accuracy
+
+    split = adata.obs.get(SPLIT_KEY.format(key=key))
     if split is None:
         return None
     split = split.astype(str).to_numpy()
     train, test = split == "train", split == "test"
     if not train.any() or not test.any():
         return None
-    latent = np.asarray(adata.obsm[f"X_{key}"])
+    latent = np.asarray(adata.obsm[latent_key(key)])
     labels = adata.obs[label_key].astype(str).to_numpy()
-    knn = KNeighborsClassifier(n_neighbors=min(15, int(train.sum())))
-    knn.fit(latent[train], labels[train])
-    return float(np.mean(knn.predict(latent[test]) == labels[test]))
+    return knn_accuracy(
+        latent[test], labels[test], reference_latent=latent[train], reference_labels=labels[train]
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -355,8 +347,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     fig = scdlkit.pl.history(adata, show=False, save=history_path, return_fig=True)
     plt.close(fig)
 
-    record = adata.uns["scdlkit"]
-    accuracy = _knn_accuracy(adata, "scdlkit", label_key)
+    record = adata.uns[DEFAULT_KEY]
+    accuracy = _held_out_knn_accuracy(adata, DEFAULT_KEY, label_key)
     print(f"data:         {data_path}")
     print(f"UMAP:         {umap_path}")
     print(f"loss curves:  {history_path}")
@@ -383,6 +375,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Append ``(default: X)`` to the help of options whose default is a value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        unset = action.default is None or action.default is False
+        if text and action.option_strings and not unset and action.default is not argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_io(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="input .h5ad (or .h5mu) file")
     parser.add_argument(
@@ -403,8 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
     >>> parser.parse_args(["info", "data.h5ad"]).command
     'info'
     """
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="scdlkit",
         description="Deep-learning models for single-cell data in .h5ad/.h5mu files.",
@@ -416,12 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fit = sub.add_parser(
-        "fit", help="train a model and write the annotated file", description="Train a model."
+        "fit",
+        help="train a model and write the annotated file",
+        description="Train a model (scdlkit.tl.fit) and write its outputs (scdlkit.tl.predict).",
+        formatter_class=_HelpFormatter,
     )
     _add_io(fit)
     fit.add_argument("--model", required=True, help="registry name: vae, autoencoder, ...")
     fit.add_argument("--task", help="representation, reconstruction or classification")
-    fit.add_argument("--layer", help="layer to train on (default: .X)")
+    fit.add_argument("--layer", help="layer to train on (none: .X)")
     fit.add_argument("--mod", help="MuData modality to train on (rna,prot: several)")
     fit.add_argument("--use-raw", action="store_true", help="train on .raw.X")
     fit.add_argument("--label-key", help=".obs column with cell labels")
@@ -431,24 +435,49 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--log1p", action="store_true", help="apply log(1 + x)")
     fit.add_argument("--scale", action="store_true", help="z-score every feature")
     fit.add_argument("--use-hvg", action="store_true", help="keep highly variable genes only")
-    fit.add_argument("--n-top-genes", type=int, default=2000, metavar="N")
-    fit.add_argument("--epochs", type=int, default=50, metavar="N")
-    fit.add_argument("--batch-size", type=int, default=256, metavar="N")
-    fit.add_argument("--lr", type=float, default=1e-3, metavar="X", help="learning rate")
+    for flag, kind, metavar, text in (
+        ("--n-top-genes", int, "N", "highly variable genes kept with --use-hvg"),
+        ("--val-size", float, "X", "share of cells for validation"),
+        ("--test-size", float, "X", "share of cells held out for testing"),
+    ):  # left out: scdlkit.tl.fit's defaults apply
+        fit.add_argument(
+            flag, type=kind, metavar=metavar, help=f"{text} (default: as scdlkit.tl.fit)"
+        )
+    fit.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        metavar="N",
+        help="most epochs; training stops earlier (see --patience)",
+    )
+    fit.add_argument(
+        "--patience",
+        dest="early_stopping_patience",
+        type=int,
+        default=DEFAULT_PATIENCE,
+        metavar="N",
+        help="stop when the validation loss has not improved for N epochs",
+    )
+    fit.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="cells per step"
+    )
+    fit.add_argument("--lr", type=float, default=DEFAULT_LR, metavar="X", help="learning rate")
     fit.add_argument("--latent-dim", type=int, metavar="N", help="latent dimensions of the model")
-    fit.add_argument("--seed", type=int, default=42, metavar="N")
+    fit.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, metavar="N", help="seed of split and training"
+    )
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda, mps, ...")
-    fit.add_argument("--key-added", default="scdlkit", metavar="KEY", help="prefix of the keys")
+    fit.add_argument("--key-added", default=DEFAULT_KEY, metavar="KEY", help="prefix of the keys")
     fit.add_argument(
         "--checkpoint-dir",
         metavar="DIR",
-        help="parent folder of the checkpoint (default: scdlkit_checkpoints beside OUT)",
+        help="parent folder of the checkpoint (none: scdlkit_checkpoints beside OUT)",
     )
     fit.add_argument(
         "--predict",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="write the model's outputs after training (default: yes)",
+        help="write the model's outputs after training",
     )
     fit.set_defaults(func=_cmd_fit)
 
@@ -459,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_io(predict)
     predict.add_argument("--checkpoint", metavar="DIR", help="checkpoint to use (a query dataset)")
-    predict.add_argument("--key", default="scdlkit", help="key_added of the fit run")
+    predict.add_argument("--key", default=DEFAULT_KEY, help="key_added of the fit run")
     predict.add_argument("--key-added", metavar="KEY", help="prefix of the written keys")
     predict.add_argument(
         "--outputs", help="comma-separated: latent,reconstruction,logits,probabilities,prediction"
@@ -481,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a VAE on scanpy's bundled pbmc68k_reduced and write the results.",
     )
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, metavar="N")
-    demo.add_argument("--seed", type=int, default=42, metavar="N")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="N")
     demo.add_argument("--out-dir", default="scdlkit_demo", metavar="DIR")
     demo.set_defaults(func=_cmd_demo)
     return parser

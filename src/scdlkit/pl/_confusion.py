@@ -15,7 +15,8 @@ from mudata import MuData
 
 from .._errors import MissingKeyError, format_names
 from ..data import get_obs_column
-from ._utils import FIT_HINT, PREDICT_HINT, finish, get_record, get_target, new_axes
+from ..data.record import where
+from ._utils import FIT_HINT, PREDICT_HINT, finish, new_axes, run_record
 
 _NORMALIZE = ("true", "pred", None)
 _SPLITS = ("train", "val", "test")
@@ -34,9 +35,8 @@ def _obs_column(
                 return get_obs_column(data, name, target.obs_names, mod=modality)
             except KeyError:
                 pass
-    where = "mdata" if isinstance(target, MuData) else "adata"
     msg = (
-        f"Did not find {name!r} in {where}.obs (columns: "
+        f"Did not find {name!r} in {where(target)}.obs (columns: "
         f"{format_names(target.obs.columns, limit=15)}). {hint}."
     )
     raise MissingKeyError(msg)
@@ -51,8 +51,7 @@ def _confusion_inputs(
     mod: str | Sequence[str] | None,
 ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Return true and predicted labels of the cells to count, the class order and the label key."""
-    target = get_target(data, mod, key)
-    record = get_record(target, key, func="confusion")
+    target, record = run_record(data, key, mod, func="confusion")
     if label_key is None:
         label_key = record.get("label_key")
         if label_key is None:

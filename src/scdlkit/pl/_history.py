@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mudata import MuData
 
-from ._utils import finish, get_history, get_record, get_target, panel_axes
+from ._utils import finish, get_history, panel_axes, run_record
 
 _SPLITS = (("train", "C0", "-"), ("val", "C1", "--"))
 _NOT_COMPONENTS = {"loss", "lr", "seconds"}
@@ -123,8 +123,7 @@ def history(
     >>> ax = scdlkit.pl.history(adata, show=False)  # doctest: +SKIP
     >>> axes = scdlkit.pl.history(adata, components=True, show=False)  # doctest: +SKIP
     """
-    target = get_target(adata, mod, key)
-    record = get_record(target, key, func="history")
+    _, record = run_record(adata, key, mod, func="history")
     values = get_history(record, key)
     best = record.get("best_epoch")
     best_epoch = int(best) if best is not None and int(best) > 0 else None

@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from mudata import MuData
 
 from .._errors import MissingKeyError, format_names
-from ._utils import FIT_HINT, PREDICT_HINT, finish, get_record, get_target, panel_axes
+from ..data.record import align_rows, read_reconstruction
+from ._utils import FIT_HINT, PREDICT_HINT, finish, panel_axes, run_record
 
 
 def _preprocessing(record: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -44,26 +45,6 @@ def _preprocessing(record: Mapping[str, Any], key: str) -> dict[str, Any]:
         msg = f"The checkpoint {str(checkpoint)!r} stores no preprocessing; it was not written by tl.fit."
         raise ValueError(msg)
     return preprocessing
-
-
-def _reconstructed(
-    target: AnnData | MuData, record: Mapping[str, Any], key: str, model_features: list[str]
-) -> tuple[Any, pd.Index]:
-    """Return the reconstruction matrix and the feature name of each of its columns."""
-    name = f"{key}_reconstruction"
-    layers = getattr(target, "layers", None)
-    if layers is not None and name in layers:
-        return layers[name], pd.Index(target.var_names.astype(str))
-    if name in target.obsm:
-        features = record.get("reconstruction_features")
-        columns = model_features if features is None else [str(f) for f in features]
-        return target.obsm[name], pd.Index(columns)
-    where = "mdata.obsm" if isinstance(target, MuData) else "adata.layers"
-    msg = (
-        f"Did not find the reconstruction {where}[{name!r}]. {PREDICT_HINT} with a model that "
-        "reconstructs its input (autoencoder, vae, ...), or pass key= of such a run."
-    )
-    raise MissingKeyError(msg)
 
 
 def _gene_positions(
@@ -117,12 +98,7 @@ def _observed(
         std=None if transform.std is None else transform.std[positions],
     )
     values = SplitData(full.matrix, full.rows, subset).to_numpy()
-    rows = full.obs_names
-    if rows is None or rows.equals(obs_names):
-        return values
-    aligned = np.full((len(obs_names), values.shape[1]), np.nan, dtype=np.float32)
-    aligned[obs_names.get_indexer(rows)] = values
-    return aligned
+    return align_rows(values, full.obs_names, obs_names)
 
 
 def _column(matrix: Any, index: int) -> np.ndarray:
@@ -213,12 +189,19 @@ def reconstruction(
     if not gene_list:
         msg = "genes is empty; name at least one gene."
         raise ValueError(msg)
-    target = get_target(adata, mod, key)
-    record = get_record(target, key, func="reconstruction")
+    target, record = run_record(adata, key, mod, func="reconstruction")
     preprocessing = _preprocessing(record, key)
     model_features = pd.Index([str(f) for f in preprocessing["feature_names"]])
-    matrix, columns = _reconstructed(target, record, key, list(model_features))
-    in_columns, in_model = _gene_positions(gene_list, columns, model_features)
+    matrix, columns = read_reconstruction(
+        target,
+        key,
+        record,
+        hint=(
+            f"{PREDICT_HINT} with a model that reconstructs its input (autoencoder, vae, ...), "
+            "or pass key= of such a run."
+        ),
+    )
+    in_columns, in_model = _gene_positions(gene_list, pd.Index(columns), model_features)
     source = target if isinstance(target, AnnData) else adata
     observed = _observed(source, preprocessing, in_model, layer, pd.Index(target.obs_names))
 

@@ -1,4 +1,4 @@
-"""Shared plumbing of the plot functions: finding the run record, and show/save/return."""
+"""Shared plumbing of the plot functions: the run record (via ``data.record``), show/save/return."""
 
 from __future__ import annotations
 
@@ -13,67 +13,35 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from mudata import MuData
 
-from .._errors import MissingKeyError, format_names
-from ..data import resolve_target
+from .._errors import MissingKeyError
+from ..data.record import get_record, record_holder
 
 FIT_HINT = "Run scdlkit.tl.fit(adata, model=...) first"
 PREDICT_HINT = "Run scdlkit.tl.predict(adata) first"
 
 
-def get_target(
-    data: AnnData | MuData, mod: str | Sequence[str] | None, key: str = "scdlkit"
-) -> AnnData | MuData:
-    """Return the object that holds a run's results: the AnnData, a modality or the MuData.
+def run_record(
+    data: AnnData | MuData, key: str, mod: str | Sequence[str] | None, *, func: str
+) -> tuple[AnnData | MuData, Mapping[str, Any]]:
+    """Return the object that holds run ``key`` and its record (``.uns[key]``).
 
-    For a MuData with ``mod=None``: the MuData itself when ``.uns[key]`` is there
-    (a run on several modalities), else the one modality whose ``.uns`` holds
-    ``key`` (like :func:`scdlkit.tl.predict`).
-    """
-    if isinstance(data, MuData) and mod is None:
-        if key in data.uns:
-            return data
-        holders = [name for name, modality in data.mod.items() if key in modality.uns]
-        if len(holders) > 1:
-            msg = (
-                f"Modalities {format_names(holders)} each hold a run under key {key!r}; "
-                "pass mod= to choose."
-            )
-            raise ValueError(msg)
-        return data.mod[holders[0]] if holders else data
-    return resolve_target(data, mod)
-
-
-def _where(target: AnnData | MuData) -> str:
-    return "mdata" if isinstance(target, MuData) else "adata"
-
-
-def scdlkit_records(target: AnnData | MuData) -> list[str]:
-    """Keys of ``.uns`` that look like scdlkit run records."""
-    return [
-        str(key)
-        for key, value in target.uns.items()
-        if isinstance(value, Mapping) and "checkpoint" in value and "version" in value
-    ]
-
-
-def get_record(target: AnnData | MuData, key: str, *, func: str) -> Mapping[str, Any]:
-    """Return ``target.uns[key]``, the record written by :func:`scdlkit.tl.fit`.
+    The holder is found by :func:`scdlkit.data.record.record_holder`: the AnnData,
+    the modality ``mod``, or for a MuData without ``mod`` the MuData itself when
+    it holds ``key`` (a run on several modalities), else the one modality that does.
 
     Raises
     ------
     MissingKeyError
-        No such record; the message lists the records present and how to make one.
+        No record under ``key``; the message lists the records present and how to make one.
+    ValueError
+        Several modalities hold a run under ``key`` and ``mod`` was not given.
     """
-    record = target.uns.get(key)
-    if not isinstance(record, Mapping):
-        found = scdlkit_records(target)
-        others = f" (scdlkit records present: {format_names(found)})" if found else ""
-        msg = (
-            f"scdlkit.pl.{func} found no scdlkit run record in {_where(target)}.uns[{key!r}]"
-            f"{others}. {FIT_HINT} (its key_added= names the record), or pass key=."
-        )
-        raise MissingKeyError(msg)
-    return record
+    holder = record_holder(data, key, mod)
+    hint = (
+        f"scdlkit.pl.{func} draws a run: {FIT_HINT} (its key_added= names the record), or pass "
+        "key= of an existing run."
+    )
+    return holder, get_record(holder, key, hint=hint)
 
 
 def get_history(record: Mapping[str, Any], key: str) -> dict[str, np.ndarray]:

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
 from .._errors import format_names
 from ..data import resolve_fields
 from ..data.fields import ModSpec
-from ..data.matrix import is_backed, is_sparse, iter_row_blocks, summarize_matrix
+from ..data.matrix import is_backed, is_sparse, summarize_matrix
 from ..data.prepare import raw_counts_message
+from ..data.spec import DataSpec
 
 #: A class with fewer cells than this is reported (stratified splits cannot place it well).
 MIN_CELLS_PER_CLASS = 5
@@ -156,44 +156,6 @@ class InspectionReport:
         return "\n".join(lines) + "\n"
 
 
-def _scan(matrix: Any, n_obs: int, n_vars: int) -> tuple[float, int, int, int, int]:
-    """One block-wise pass: maximum, negatives, non-zeros, empty cells, empty features."""
-    max_value = -np.inf
-    n_negative = n_nonzero = n_empty_cells = 0
-    feature_nonzero = np.zeros(n_vars, dtype=np.int64)
-    for _, block in iter_row_blocks(matrix):
-        if sp.issparse(block):
-            values = block.data
-            nonzero = values != 0
-            row_nonzero = np.add.reduceat(nonzero, block.indptr[:-1]) if values.size else None
-            if row_nonzero is not None:
-                row_nonzero[np.diff(block.indptr) == 0] = 0
-                n_empty_cells += int(np.count_nonzero(row_nonzero == 0))
-            else:
-                n_empty_cells += block.shape[0]
-            feature_nonzero += np.bincount(block.indices[nonzero], minlength=n_vars)
-        else:
-            dense = np.asarray(block)
-            values = dense.ravel()
-            nonzero_matrix = dense != 0
-            n_empty_cells += int(np.count_nonzero(~nonzero_matrix.any(axis=1)))
-            feature_nonzero += nonzero_matrix.sum(axis=0)
-            nonzero = nonzero_matrix.ravel()
-        n_nonzero += int(np.count_nonzero(nonzero))
-        if values.size == 0:
-            continue
-        if values.dtype.kind == "f":
-            values = values[np.isfinite(values)]
-        if values.size:
-            max_value = max(max_value, float(values.max()))
-            n_negative += int(np.count_nonzero(values < 0))
-    total = n_obs * n_vars
-    if total and n_nonzero < total:
-        max_value = max(max_value, 0.0)
-    n_empty_features = int(np.count_nonzero(feature_nonzero == 0))
-    return max_value, n_negative, n_nonzero, n_empty_cells, n_empty_features
-
-
 def _format_of(matrix: Any) -> str:
     kind = "CSR" if is_sparse(matrix) else "dense"
     return f"backed {kind}" if is_backed(matrix) else kind
@@ -239,16 +201,9 @@ def _label_issues(
             )
 
 
-def _value_issues(
-    report: InspectionReport,
-    *,
-    first_bad_cell: str | None,
-    normalize: bool,
-    log1p: bool,
-    use_hvg: bool,
-    n_top_genes: int,
-) -> None:
+def _value_issues(report: InspectionReport, spec: DataSpec, *, first_bad_cell: str | None) -> None:
     source = report.source
+    normalize, log1p = spec.normalize, spec.log1p
     if report.n_obs == 0 or report.n_vars == 0:
         report.issues.append(
             f"{source} is empty ({report.n_obs} cells x {report.n_vars} features); there is "
@@ -290,15 +245,15 @@ def _value_issues(
             f"{report.n_empty_cells} cells have no counts at all; normalisation leaves them "
             "all-zero. Filter them: sc.pp.filter_cells(adata, min_counts=1)."
         )
-    if use_hvg:
+    if spec.use_hvg:
         if report.looks_like_counts and not log1p:
             report.issues.append(
                 "use_hvg=True ranks highly variable genes on log-normalised values, but the "
                 "data looks like raw counts and log1p=False. Pass normalize=True, log1p=True."
             )
-        if n_top_genes >= report.n_vars:
+        if spec.n_top_genes >= report.n_vars:
             report.issues.append(
-                f"use_hvg=True with n_top_genes={n_top_genes}, but there are only "
+                f"use_hvg=True with n_top_genes={spec.n_top_genes}, but there are only "
                 f"{report.n_vars} features: all are kept. Lower n_top_genes or pass use_hvg=False."
             )
 
@@ -392,6 +347,11 @@ def inspect(
     >>> report.issues[0][:40]
     'adata.X looks like raw counts, but norma'
     """
+    spec = DataSpec(
+        layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
+        split_key=split_key, use_hvg=use_hvg, n_top_genes=int(n_top_genes), normalize=normalize,
+        log1p=log1p,
+    )  # fmt: skip
     if task is not None:
         from ..tasks import get_task
 
@@ -399,15 +359,14 @@ def inspect(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fields = resolve_fields(
-            adata, layer=layer, mod=mod, use_raw=use_raw, label_key=label_key,
-            batch_key=batch_key, split_key=split_key, strict=False,
+            adata, layer=spec.layer, mod=spec.mod, use_raw=spec.use_raw, label_key=spec.label_key,
+            batch_key=spec.batch_key, split_key=spec.split_key, strict=False,
         )  # fmt: skip
     names = fields.feature_names
     duplicates = names[names.duplicated()].unique()
     matrix = fields.matrix
     n_obs, n_vars = int(matrix.shape[0]), int(matrix.shape[1])
     summary = summarize_matrix(matrix)
-    max_value, n_negative, n_nonzero, n_empty_cells, n_empty_features = _scan(matrix, n_obs, n_vars)
     has_values = n_obs * n_vars > summary.n_nonfinite
     report = InspectionReport(
         source=fields.source,
@@ -415,32 +374,25 @@ def inspect(
         n_vars=n_vars,
         format=_format_of(matrix),
         dtype=str(matrix.dtype),
-        density=n_nonzero / (n_obs * n_vars) if n_obs * n_vars else 0.0,
+        density=summary.n_nonzero / (n_obs * n_vars) if n_obs * n_vars else 0.0,
         looks_like_counts=bool(summary.is_integer and summary.min_value >= 0 and has_values),
         min_value=summary.min_value if has_values else float("nan"),
-        max_value=max_value if has_values else float("nan"),
+        max_value=summary.max_value if has_values else float("nan"),
         n_nonfinite=summary.n_nonfinite,
-        n_negative=n_negative,
-        n_empty_cells=n_empty_cells,
-        n_empty_features=n_empty_features,
+        n_negative=summary.n_negative,
+        n_empty_cells=summary.n_empty_rows,
+        n_empty_features=summary.n_empty_columns,
         duplicate_var_names=[str(name) for name in duplicates],
-        label_key=label_key,
-        batch_key=batch_key,
-        split_key=split_key,
+        label_key=spec.label_key,
+        batch_key=spec.batch_key,
+        split_key=spec.split_key,
         task=task,
     )
     report.issues.extend(str(warning.message) for warning in caught)
     first_bad = None
     if summary.first_nonfinite_row >= 0:
         first_bad = str(fields.obs_names[summary.first_nonfinite_row])
-    _value_issues(
-        report,
-        first_bad_cell=first_bad,
-        normalize=normalize,
-        log1p=log1p,
-        use_hvg=use_hvg,
-        n_top_genes=int(n_top_genes),
-    )
+    _value_issues(report, spec, first_bad_cell=first_bad)
     assignment = None
     if fields.split is not None:
         assignment = _split_assignment(report, fields.split)

@@ -10,12 +10,22 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 from scanpy import logging as logg
+from torch import nn
 
+from .. import pipeline
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._errors import MissingKeyError
-from ..data import SplitData, get_obs_column, transform_adata
+from ..data import get_obs_column
 from ..data.handler import DataHandler, check_writable
-from ..data.record import record_holder
+from ..data.record import (
+    align_rows,
+    get_record,
+    latent_key,
+    read_reconstruction,
+    record_holder,
+    where,
+)
+from ..data.spec import DEFAULT_SEED
 from ._predict import UNSET
 
 _SPLITS = ("train", "val", "test")
@@ -36,13 +46,14 @@ def _modality_spec(
 
 
 def _read_record(holder: AnnData | MuData, key: str) -> Mapping[str, Any]:
-    record = holder.uns.get(key)
-    if not isinstance(record, Mapping) or "task" not in record:
-        msg = (
-            f"Did not find a scdlkit run under .uns[{key!r}]. Run scdlkit.tl.fit(adata, ..., "
-            f"key_added={key!r}) and scdlkit.tl.predict(adata, key={key!r}) first, or pass key= of "
-            "an earlier run."
-        )
+    """Return the run record under ``key``, checked to name the task it was trained for."""
+    hint = (
+        f"Run scdlkit.tl.fit(adata, ..., key_added={key!r}) and scdlkit.tl.predict(adata, "
+        f"key={key!r}) first, or pass key= of an earlier run."
+    )
+    record = get_record(holder, key, hint=hint)
+    if "task" not in record:
+        msg = f"{where(holder)}.uns[{key!r}] is not a scdlkit run record (it names no task). {hint}"
         raise MissingKeyError(msg)
     return record
 
@@ -87,54 +98,37 @@ def _cell_masks(
     return evaluated, reference, f"{split} cells"
 
 
-def _checkpoint_preprocessing(record: Mapping[str, Any], key: str) -> dict[str, Any]:
-    from ..train import read_config
+def _reconstruction_inputs(
+    adata: AnnData | MuData,
+    holder: AnnData | MuData,
+    record: Mapping[str, Any],
+    key: str,
+    model: nn.Module | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the model input and the reconstruction of every cell of ``holder`` (model features).
 
+    The model input is rebuilt from the run's bundle (:meth:`~scdlkit.pipeline.LoadedRun.query`:
+    the same reading and preprocessing as in training), in ``holder.obs_names`` order.
+    """
     checkpoint = record.get("checkpoint")
     if not checkpoint:
         msg = f".uns[{key!r}] names no checkpoint; the model input cannot be rebuilt."
         raise MissingKeyError(msg)
-    config = read_config(str(checkpoint))
-    preprocessing = config.get("preprocessing")
-    if not isinstance(preprocessing, dict):
-        msg = f"The checkpoint {str(checkpoint)!r} stores no preprocessing; it was not written by tl.fit."
-        raise ValueError(msg)
-    return preprocessing
-
-
-def _reconstruction_inputs(
-    adata: AnnData | MuData, holder: AnnData | MuData, record: Mapping[str, Any], key: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Model input and reconstruction of every cell of ``holder``, model features as columns."""
-    preprocessing = _checkpoint_preprocessing(record, key)
-    features = pd.Index([str(name) for name in preprocessing["feature_names"]])
-    name = f"{key}_reconstruction"
-    layers = getattr(holder, "layers", None)
-    if layers is not None and name in layers:
-        columns = pd.Index(holder.var_names.astype(str)).get_indexer(features)
-        matrix = layers[name]
-    elif name in holder.obsm:
-        stored = record.get("reconstruction_features")
-        stored = features if stored is None else pd.Index([str(f) for f in stored])
-        columns = stored.get_indexer(features)
-        matrix = holder.obsm[name]
-    else:
-        msg = (
-            f"Did not find the reconstruction .layers[{name!r}] or .obsm[{name!r}]. "
-            f"{_PREDICT_HINT.format(key=key)} with outputs including 'reconstruction'."
-        )
-        raise MissingKeyError(msg)
-    if (columns < 0).any():
+    loaded = pipeline.load_run(checkpoint, device="cpu", model=model)
+    features = [str(name) for name in loaded.preprocessing["feature_names"]]
+    matrix, columns = read_reconstruction(
+        holder,
+        key,
+        record,
+        hint=f"{_PREDICT_HINT.format(key=key)} with outputs including 'reconstruction'.",
+    )
+    positions = pd.Index(columns).get_indexer(features)
+    if (positions < 0).any():
         msg = f"The reconstruction under key {key!r} lacks model features; run tl.predict again."
         raise ValueError(msg)
-    reconstruction = np.asarray(matrix[:, columns], dtype=np.float32)
-    data = transform_adata(adata, preprocessing)
-    observed_rows = data.obs_names
-    observed = SplitData(data.matrix, data.rows, data.transform).to_numpy()
-    if observed_rows is not None and not observed_rows.equals(holder.obs_names):
-        aligned = np.full((holder.n_obs, observed.shape[1]), np.nan, dtype=np.float32)
-        aligned[holder.obs_names.get_indexer(observed_rows)] = observed
-        observed = aligned
+    reconstruction = np.asarray(matrix[:, positions], dtype=np.float32)
+    data = loaded.query(adata)
+    observed = align_rows(data.to_numpy(), data.obs_names, holder.obs_names)
     return observed, reconstruction
 
 
@@ -173,7 +167,8 @@ def evaluate(
     n_neighbors: int = 15,
     clustering: Literal["leiden", "kmeans"] = "leiden",
     resolution: float = 1.0,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
+    model: nn.Module | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     """Score the outputs of a trained model and store the metrics in ``.uns[key]["metrics"]``.
@@ -215,6 +210,10 @@ def evaluate(
         Leiden resolution.
     seed
         Seed of clustering and cross-validation.
+    model
+        Only for reconstruction metrics of wrapped/custom modules, whose bundle
+        cannot be rebuilt by name: a module of the same architecture (as in
+        :func:`~scdlkit.tl.predict`).
     {doc_copy}
 
     Returns
@@ -261,7 +260,7 @@ def evaluate(
     label_key = label_key or record.get("label_key") or params.get("label_key")
     batch_key = batch_key or params.get("batch_key")
     obs_names = holder.obs_names
-    evaluated, reference, where = _cell_masks(
+    evaluated, reference, scored = _cell_masks(
         adata,
         obs_names,
         split=split,
@@ -283,10 +282,10 @@ def evaluate(
     inputs: dict[str, Any] = {}
     if "reconstruction" in groups:
         inputs["observed"], inputs["reconstruction"] = _reconstruction_inputs(
-            adata, holder, record, key
+            adata, holder, record, key, model
         )
     if "representation" in groups:
-        inputs["latent"] = _obsm(holder, f"X_{key}", key)
+        inputs["latent"] = _obsm(holder, latent_key(key), key)
     if "classification" in groups:
         name = f"{key}_prediction"
         if name not in holder.obs.columns:
@@ -306,7 +305,7 @@ def evaluate(
         with_result &= pd.notna(labels)
     evaluated &= with_result
     if not evaluated.any():
-        msg = f"None of the {where} has a result under key {key!r}; run scdlkit.tl.predict first."
+        msg = f"None of the {scored} has a result under key {key!r}; run scdlkit.tl.predict first."
         raise ValueError(msg)
     selected = {name: values[evaluated] for name, values in inputs.items()}
     if reference is not None and labels is not None and "latent" in inputs:
@@ -331,7 +330,7 @@ def evaluate(
     new_record = dict(record)
     new_record["metrics"] = result
     new_record["evaluate_params"] = {
-        "split": where,
+        "split": scored,
         "metrics": list(groups),
         "label_key": label_key,
         "batch_key": batch_key,
@@ -344,7 +343,7 @@ def evaluate(
     handler.stage("uns", key, new_record)
     handler.commit()
     logg.info(
-        f"    finished: {len(result)} metrics on {int(evaluated.sum())} {where}",
+        f"    finished: {len(result)} metrics on {int(evaluated.sum())} {scored}",
         time=start,
         deep=f"added 'metrics' to uns[{key!r}]",
     )
