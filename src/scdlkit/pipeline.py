@@ -20,6 +20,7 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .data.spec import DataSpec, Preprocessing
 from .models import create_model, get_model_class
 from .tasks import get_task
 from .train import Trainer
+from .train.bundle import read_config
 from .train.options import TrainerOptions
 
 #: Default parent folder of checkpoint bundles, relative to the working directory.
@@ -347,19 +349,51 @@ def save_run(
 class LoadedRun:
     """A trained model read back from its bundle, ready to predict on new data.
 
+    The weights are read on first use of :attr:`trainer`, so what needs only
+    the bundle's configuration (preprocessing, encoders, data spec) costs no
+    model rebuild.
+
     Attributes
     ----------
     path
         The bundle directory.
-    trainer
-        A :class:`~scdlkit.Trainer` holding the best weights.
     config
         The bundle's ``config.json``.
+    device
+        Where the model goes.
+    module
+        For bundles of wrapped/custom modules: a module of the same architecture.
     """
 
     path: Path
-    trainer: Trainer
     config: dict[str, Any]
+    device: str = "auto"
+    module: nn.Module | None = None
+
+    @classmethod
+    def from_fitted(cls, run: FittedRun) -> LoadedRun:
+        """View a saved :class:`FittedRun` as a loaded one, keeping its trainer (no reload).
+
+        Raises
+        ------
+        ValueError
+            The run has not been saved (:func:`save_run`) yet.
+        """
+        if run.checkpoint is None:
+            msg = "The run has no bundle yet; save it with pipeline.save_run(run, path) first."
+            raise ValueError(msg)
+        loaded = cls(
+            path=run.checkpoint, config=read_config(run.checkpoint), device=str(run.trainer.device)
+        )
+        loaded.__dict__["trainer"] = run.trainer  # fills the cached property
+        return loaded
+
+    @cached_property
+    def trainer(self) -> Trainer:
+        """A :class:`~scdlkit.Trainer` holding the best weights (rebuilt on first use)."""
+        return Trainer.load_checkpoint(
+            self.path, device=self.device, model=self.module, progress=False, strategy="single"
+        )
 
     @property
     def task(self) -> str:
@@ -449,12 +483,16 @@ def load_run(
 ) -> LoadedRun:
     """Read a bundle written by :func:`save_run` (or ``Trainer.save_checkpoint(prepared=...)``).
 
+    Only ``config.json`` is read here; the weights are loaded on first use of
+    :attr:`LoadedRun.trainer`.
+
     Raises
     ------
     FileNotFoundError
-        ``path`` does not exist (moved or deleted).
+        ``path`` does not exist (moved or deleted), or has no ``config.json``.
     ValueError
-        The bundle has no preprocessing record (saved without data), or cannot be rebuilt.
+        The bundle has no preprocessing record (saved without data), or a damaged
+        or too new ``config.json``.
     """
     path = Path(str(path))
     if not path.is_dir():
@@ -463,17 +501,14 @@ def load_run(
             "location> to predict with it."
         )
         raise FileNotFoundError(msg)
-    trainer = Trainer.load_checkpoint(
-        path, device=device, model=model, progress=False, strategy="single"
-    )
-    config = trainer.checkpoint_config
+    config = read_config(path)
     if "preprocessing" not in config:
         msg = (
             f"Checkpoint {str(path)!r} has no preprocessing record (it was saved without prepared=); "
             "predict on it with Trainer.predict_dataset(...) instead."
         )
         raise ValueError(msg)
-    return LoadedRun(path=path, trainer=trainer, config=config)
+    return LoadedRun(path=path, config=config, device=device, module=model)
 
 
 def requested_outputs(outputs: str | Collection[str] | None, task: str) -> tuple[str, ...]:

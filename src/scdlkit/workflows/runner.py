@@ -32,7 +32,6 @@ from ..data import PreparedData
 from ..data.fields import ModSpec
 from ..data.spec import DEFAULT_SEED, DataSpec
 from ..evaluation._task import metric_groups, output_metrics
-from ..train import read_config
 from ..train.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -255,14 +254,14 @@ class TaskRunner(RunnerPlots):
             model_kwargs=self.model_kwargs,
             options=self.options,
         )
-        path = pipeline.save_run(
+        pipeline.save_run(
             run,
             self._checkpoint_dir(),
             overwrite=True,
             include_training_state=False,
             metadata={"runner": json_safe(self.get_params())},
         )
-        self._run, self._bundle = run, pipeline.LoadedRun(path, run.trainer, read_config(path))
+        self._run, self._bundle = run, pipeline.LoadedRun.from_fitted(run)
         self.prepared_, self._adata = run.prepared, adata
         self.metrics_, self.fit_seconds_ = None, run.seconds
         return self
