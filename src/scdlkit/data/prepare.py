@@ -13,6 +13,7 @@ import scanpy as sc
 from anndata import AnnData
 from mudata import MuData
 
+from .._defaults import DEFAULT_SEED
 from .._errors import format_names
 from .._threads import keep_torch_threads
 from .counts import (
@@ -27,7 +28,7 @@ from .counts import (
 from .encoders import CategoryEncoder
 from .fields import Fields, ModSpec, resolve_fields
 from .matrix import SCAN_BLOCK_ROWS, MatrixSummary, summarize_matrix
-from .spec import DEFAULT_SEED, DataSpec, Preprocessing, resolve_seed
+from .spec import DataSpec, Preprocessing, resolve_seed
 from .split_data import SplitData
 from .splits import (
     SPLIT_NAMES,

@@ -13,8 +13,9 @@ from typing import Any
 from anndata import AnnData
 from mudata import MuData
 
+from .._defaults import DEFAULT_SEED
 from ..data.fields import ModSpec
-from ..data.spec import DEFAULT_SEED, resolve_seed
+from ..data.spec import resolve_seed
 from .data import DEFAULT_MIN_GENE_OVERLAP
 from .model import ScGPTModel
 from .output import AnnotationPrediction

@@ -10,9 +10,10 @@ import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 
+from .._defaults import DEFAULT_SEED
 from ..data import CategoryEncoder, resolve_fields
 from ..data.fields import ModSpec
-from ..data.spec import DEFAULT_SEED, resolve_seed
+from ..data.spec import resolve_seed
 from ..data.splits import check_split_sizes, draw_split
 from .checkpoint import read_vocab
 from .data import (

@@ -23,12 +23,13 @@ from anndata import AnnData
 from mudata import MuData
 from scanpy import logging as logg
 
+from .._defaults import DEFAULT_SEED
 from .._errors import format_names
 from .._version import __version__
 from ..data import CategoryEncoder
 from ..data.fields import ModSpec
 from ..data.handler import check_writable
-from ..data.spec import DEFAULT_SEED, DataSpec, resolve_seed
+from ..data.spec import DataSpec, resolve_seed
 from ..data.splits import SPLIT_NAMES, check_split_sizes, draw_split, split_categorical
 from ..train.device import resolve_device
 from ..train.options import TrainerOptions

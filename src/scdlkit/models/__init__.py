@@ -18,6 +18,7 @@ The scDLKit 0.1.6 names still work: ``"ae"``, ``"dae"``, ``"classifier"`` and
 
 from .autoencoder import AutoEncoder
 from .base import BaseModel, ScdlModel
+from .count_vae import CountVAE
 from .denoising import DenoisingAutoEncoder
 from .mlp_classifier import MLPClassifier
 from .registry import (
@@ -36,6 +37,7 @@ __all__ = [
     "VAE",
     "AutoEncoder",
     "BaseModel",
+    "CountVAE",
     "DenoisingAutoEncoder",
     "MLPClassifier",
     "ScdlModel",

@@ -13,6 +13,7 @@ from scanpy import logging as logg
 from torch import nn
 
 from .. import pipeline
+from .._defaults import DEFAULT_SEED
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._errors import MissingKeyError
 from ..data import get_obs_column
@@ -25,7 +26,6 @@ from ..data.record import (
     record_holder,
     where,
 )
-from ..data.spec import DEFAULT_SEED
 from ._predict import UNSET
 
 _SPLITS = ("train", "val", "test")

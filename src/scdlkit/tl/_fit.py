@@ -13,11 +13,12 @@ from scanpy import logging as logg
 from torch import nn
 
 from .. import pipeline
+from .._defaults import DEFAULT_SEED
 from .._docs import doc_adata, doc_copy, doc_key_added, doc_layer, doc_mod, doc_params
 from ..data.fields import ModSpec
 from ..data.handler import DataHandler, check_writable
 from ..data.record import SPLIT_KEY, check_key_added
-from ..data.spec import DEFAULT_SEED, DataSpec
+from ..data.spec import DataSpec
 from ..train.options import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainerOptions
 
 

@@ -13,9 +13,10 @@ from anndata import AnnData
 from mudata import MuData
 
 from .. import pipeline
+from .._defaults import DEFAULT_SEED
 from .._errors import format_names
 from ..data import PreparedData, prepare_data
-from ..data.spec import DEFAULT_SEED, DataSpec
+from ..data.spec import DataSpec
 from ..evaluation import COMPARISON_COLUMNS, comparison_rows
 from ..evaluation._task import metric_groups, output_metrics
 from ..train.options import TrainerOptions

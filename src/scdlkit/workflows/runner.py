@@ -26,11 +26,12 @@ from mudata import MuData
 
 from .. import pipeline
 from .._atomic import atomic_directory
+from .._defaults import DEFAULT_SEED
 from .._uns import json_safe
 from .._version import __version__
 from ..data import PreparedData
 from ..data.fields import ModSpec
-from ..data.spec import DEFAULT_SEED, DataSpec
+from ..data.spec import DataSpec
 from ..evaluation._task import metric_groups, output_metrics
 from ..train.options import (
     DEFAULT_BATCH_SIZE,
