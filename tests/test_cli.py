@@ -100,9 +100,8 @@ def test_fit_defaults_are_the_shared_ones():
     import inspect
 
     from scdlkit import _defaults
+    from scdlkit._defaults import DEFAULT_KEY, DEFAULT_SEED
     from scdlkit.cli import build_parser
-    from scdlkit.data.record import DEFAULT_KEY
-    from scdlkit.data.spec import DEFAULT_SEED
     from scdlkit.train.options import TrainerOptions
 
     args = build_parser().parse_args(["fit", "in.h5ad", "-o", "out.h5ad", "--model", "vae"])

@@ -76,16 +76,17 @@ def test_list_models_is_a_dataframe_of_the_bundled_models():
     models = list_models()
     assert isinstance(models, pd.DataFrame)
     assert list(models.columns) == ["name", "supported_tasks", "aliases", "description"]
-    assert models["name"].tolist() == BUNDLED
+    # count_vae reads raw counts and is tested in test_count_vae.py
+    assert models["name"].tolist() == sorted([*BUNDLED, "count_vae"])
     tasks = dict(zip(models["name"], models["supported_tasks"], strict=True))
     assert tasks["mlp_classifier"] == ("classification",)
-    for name in ("autoencoder", "vae", "denoising_autoencoder", "transformer_ae"):
+    for name in ("autoencoder", "vae", "denoising_autoencoder", "transformer_ae", "count_vae"):
         assert tasks[name] == ("representation", "reconstruction")
     assert models["description"].str.len().min() > 10
     aliases = {
         name: aliases
         for name, aliases in zip(models["name"], models["aliases"], strict=True)
-        if name in BUNDLED
+        if name in BUNDLED or name == "count_vae"
     }
     assert aliases == {
         "autoencoder": ("ae",),
@@ -93,6 +94,7 @@ def test_list_models_is_a_dataframe_of_the_bundled_models():
         "mlp_classifier": ("classifier",),
         "transformer_ae": ("transformer_autoencoder",),
         "vae": (),
+        "count_vae": (),
     }
 
 

@@ -21,8 +21,15 @@ from .fields import ModSpec, resolve_target
 
 #: Key patterns a scdlkit run may own, per slot (``{key}`` is the ``key_added`` prefix).
 OWNED_KEYS: dict[str, tuple[str, ...]] = {
-    "obsm": ("X_{key}", "{key}_logits", "{key}_probabilities", "{key}_reconstruction"),
-    "layers": ("{key}_reconstruction",),
+    "obsm": (
+        "X_{key}",
+        "{key}_logits",
+        "{key}_probabilities",
+        "{key}_reconstruction",
+        "{key}_normalized",
+        "{key}_corrected",
+    ),
+    "layers": ("{key}_reconstruction", "{key}_normalized", "{key}_corrected"),
     "obs": ("{key}_split", "{key}_prediction", "{key}_confidence"),
 }
 

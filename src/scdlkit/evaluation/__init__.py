@@ -1,4 +1,4 @@
-"""Evaluation: reconstruction, representation and classification metrics.
+"""Evaluation: reconstruction, representation, classification and integration (scIB) metrics.
 
 Metric maths only, on arrays: the maths is done by scikit-learn and scanpy;
 these functions check the inputs and name the results. Each group of metrics
@@ -8,6 +8,24 @@ workflows that train and score models (:class:`scdlkit.TaskRunner`,
 """
 
 from ._classification import classification_metrics
+from ._integration import (
+    BATCH_CORRECTION,
+    BIO_CONSERVATION,
+    SCIB_COLUMNS,
+    integration_metrics,
+    integration_table,
+)
+from ._integration_scores import (
+    bras,
+    clisi_knn,
+    graph_connectivity,
+    ilisi_knn,
+    isolated_labels,
+    kbet_per_label,
+    nmi_ari_cluster_labels,
+    pcr_comparison,
+    silhouette_label,
+)
 from ._reconstruction import reconstruction_metrics
 from ._representation import (
     batch_silhouette,
@@ -20,15 +38,29 @@ from ._representation import (
 from ._tables import COMPARISON_COLUMNS, comparison_rows, metrics_table
 
 __all__ = [
+    "BATCH_CORRECTION",
+    "BIO_CONSERVATION",
     "COMPARISON_COLUMNS",
+    "SCIB_COLUMNS",
     "batch_silhouette",
+    "bras",
     "classification_metrics",
+    "clisi_knn",
     "cluster_labels",
     "comparison_rows",
+    "graph_connectivity",
     "ilisi",
+    "ilisi_knn",
+    "integration_metrics",
+    "integration_table",
+    "isolated_labels",
+    "kbet_per_label",
     "knn_accuracy",
     "label_silhouette",
     "metrics_table",
+    "nmi_ari_cluster_labels",
+    "pcr_comparison",
     "reconstruction_metrics",
     "representation_metrics",
+    "silhouette_label",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,16 @@ from ..train.distributed import is_main_process
 UNSET: Any = pipeline.TRAINED
 
 
-def _stage_reconstruction(
-    handler: DataHandler, prefix: str, values: np.ndarray, features: list[str], record: dict
+def _stage_genes(
+    handler: DataHandler,
+    prefix: str,
+    name: str,
+    values: np.ndarray,
+    features: list[str],
+    record: dict,
 ) -> str:
-    """Stage the reconstruction where :func:`~scdlkit.data.record.reconstruction_location` says."""
+    """Stage a cells x model-genes output where :func:`~scdlkit.data.record.reconstruction_location` says."""
     target = handler.target
-    name = reconstruction_key(prefix)
     record["reconstruction_features"] = features
     slot, positions = reconstruction_location(target, prefix, features)
     if slot == "obsm":
@@ -83,6 +88,8 @@ def predict(
     device: str = "auto",
     key_added: str | None = None,
     model: nn.Module | None = None,
+    library_size: float | str = 1e4,
+    transform_batch: str | Sequence[str] | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     """Run a trained model over every cell and write its outputs into ``adata``.
@@ -104,7 +111,11 @@ def predict(
         What to write: any of ``"latent"``, ``"reconstruction"``, ``"logits"``,
         ``"probabilities"``, ``"prediction"``. Defaults to latent and
         reconstruction for representation/reconstruction models, and latent,
-        logits, probabilities and prediction for classifiers.
+        logits, probabilities and prediction for classifiers. Count models
+        (``"count_vae"``) also give ``"normalized"`` (decoded expression scaled
+        to ``library_size``) and ``"corrected"`` (the same decoded as if every
+        cell came from ``transform_batch``); their reconstruction is the
+        likelihood's mean (expected counts).
     {doc_mod}
         Defaults to the modality the model was trained on.
     layer
@@ -118,6 +129,13 @@ def predict(
     model
         Only for checkpoints of wrapped/custom modules, which cannot be rebuilt
         by name: a module of the same architecture.
+    library_size
+        Count models, ``"normalized"``/``"corrected"`` outputs: the total each
+        cell's expression is scaled to (``1e4`` by default), or ``"observed"``
+        for each cell's own library size.
+    transform_batch
+        Count models, ``"corrected"`` output: decode every cell as if it came
+        from this training batch (a list of batches averages over them).
     {doc_copy}
 
     Under ``torchrun`` only rank 0 predicts and writes; other ranks return
@@ -137,6 +155,11 @@ def predict(
         modalities) it goes to ``.obsm`` instead.
     ``.obsm[f"{prefix}_logits"]``, ``.obsm[f"{prefix}_probabilities"]`` : float32 arrays
         Classifier outputs, columns in ``.uns[prefix]["label_categories"]`` order.
+    ``.layers[f"{prefix}_normalized"]``, ``.layers[f"{prefix}_corrected"]`` : float32 arrays
+        Count models, on request: normalised and batch-corrected expression
+        (genes the model does not use are NaN; ``.obsm`` like the
+        reconstruction when the features are not genes of this object). The
+        record keeps ``library_size`` and ``transform_batch``.
     ``.obs[f"{prefix}_prediction"]`` : categorical, ``.obs[f"{prefix}_confidence"]`` : float
         Predicted label (original class names) and its probability.
     ``.uns[prefix]["outputs"]``
@@ -180,8 +203,24 @@ def predict(
             "pass outputs=[..., 'reconstruction'] to write it"
         )
     data = loaded.query(adata, layer=layer, mod=mod)
-    needed = {pipeline.OUTPUTS[name] for name in requested}
-    results = loaded.outputs(data, needed=needed, batch_size=batch_size)
+    needed = {pipeline.OUTPUTS[name] for name in requested} - {None}
+    if "corrected" in requested and transform_batch is None:
+        msg = (
+            "outputs='corrected' decodes every cell as if it came from one batch: pass "
+            "transform_batch= a training batch (or a list of them, averaged)."
+        )
+        raise ValueError(msg)
+    expression = {
+        name: loaded.expression(
+            data,
+            library_size=library_size,
+            batch_size=batch_size,
+            transform_batch=transform_batch if name == "corrected" else None,
+        )  # fmt: skip
+        for name in pipeline.EXPRESSION_OUTPUTS
+        if name in requested
+    }
+    results = loaded.outputs(data, needed=needed, batch_size=batch_size) if needed else {}
 
     target_obs = handler.target.obs_names
     new_record = dict(record) if prefix == key and record else {}
@@ -202,10 +241,33 @@ def predict(
     if "reconstruction" in requested:
         values = align_rows(results["reconstruction"], data.obs_names, target_obs)
         written.append(
-            _stage_reconstruction(
-                handler, prefix, values, preprocessing["feature_names"], new_record
-            )
+            _stage_genes(
+                handler,
+                prefix,
+                reconstruction_key(prefix),
+                values,
+                preprocessing["feature_names"],
+                new_record,
+            )  # fmt: skip
         )
+    for name, values in expression.items():
+        values = align_rows(values, data.obs_names, target_obs)
+        written.append(
+            _stage_genes(
+                handler,
+                prefix,
+                f"{prefix}_{name}",
+                values,
+                preprocessing["feature_names"],
+                new_record,
+            )  # fmt: skip
+        )
+    if expression:
+        new_record["library_size"] = library_size
+        if transform_batch is not None:
+            new_record["transform_batch"] = (
+                [transform_batch] if isinstance(transform_batch, str) else list(transform_batch)
+            )
     if {"logits", "probabilities", "prediction"} & set(requested):
         encoder = loaded.encoder("label")
         logits = align_rows(results["logits"], data.obs_names, target_obs)

@@ -1,0 +1,189 @@
+"""Fit: prepare → build → train with the Trainer → bundle on disk → the run record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from anndata import AnnData
+from mudata import MuData
+from scanpy import logging as logg
+from torch import nn
+
+from .._version import __version__
+from ..data import PreparedData, prepare_data
+from ..data.prepare import raw_counts_message
+from ..data.record import history_record
+from ..data.spec import DataSpec
+from ..train import Trainer
+from ..train.options import TrainerOptions
+from .build import build_model, check_labels, data_spec_for, model_name, resolve_task
+
+DEFAULT_CHECKPOINT_DIR = "scdlkit_checkpoints"
+
+#: What ``outputs=`` may ask for, and the model output each one needs.
+
+
+@dataclass
+class FittedRun:
+    """A trained model with everything needed to save and record it.
+
+    Attributes
+    ----------
+    trainer
+        The fitted :class:`~scdlkit.Trainer` (holding the best weights).
+    prepared
+        The :class:`~scdlkit.data.PreparedData` it was trained on.
+    model
+        Registry name (or class name) of the model.
+    task
+        Task name.
+    model_kwargs
+        The model options the user gave.
+    seconds
+        Wall-clock seconds of training.
+    checkpoint
+        The bundle, once :func:`save_run` has written it.
+    """
+
+    trainer: Trainer
+    prepared: PreparedData
+    model: str
+    task: str
+    model_kwargs: dict[str, Any]
+    seconds: float
+    checkpoint: Path | None = None
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes files (all but ranks > 0 under ``torchrun``)."""
+        return self.trainer.is_main_process
+
+    def params(self, options: TrainerOptions, given: Collection[str] = ()) -> dict[str, Any]:
+        """Return the run's parameters as recorded in ``.uns[key]["params"]`` and in the bundle.
+
+        ``given`` names Trainer options beyond the common ones that the user set.
+        """
+        settings = self.trainer.settings()
+        common = {"epochs", "batch_size", "lr", "seed"}
+        return {
+            "model": self.model,
+            "task": self.task,
+            **self.prepared.spec.to_kwargs(),
+            "model_kwargs": dict(self.model_kwargs),
+            **{name: getattr(options, name) for name in sorted(common)},
+            "device": str(self.trainer.device),
+            **{k: v for k, v in settings.items() if k in given and k not in common},
+        }
+
+    def record(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Return the run record written to ``.uns[key_added]`` (also what ``pl`` reads)."""
+        module = self.trainer.model
+        model_config = getattr(module, "config", None) or {"name": None, "kwargs": {}}
+        record: dict[str, Any] = {
+            "params": dict(params),
+            "history": history_record(self.trainer.history_frame),
+            "checkpoint": "" if self.checkpoint is None else str(self.checkpoint),
+            "model": model_config.get("name") or type(module).__name__,
+            "model_config": model_config.get("kwargs", {}),
+            "task": self.task,
+            "best_epoch": self.trainer.best_epoch,
+            "best_loss": self.trainer.best_loss,
+            "epochs_run": self.trainer.epochs_run,
+            "version": __version__,
+        }
+        encoder = self.prepared.label_encoder
+        if encoder is not None:
+            record["label_key"] = encoder.key
+            record["label_categories"] = list(encoder.categories)
+        return record
+
+
+def warn_raw_counts(prepared: PreparedData, module: nn.Module) -> None:
+    """Warn (scanpy's logger) when raw counts reach a model trained with a squared-error loss."""
+    if prepared.raw_counts and getattr(module, "input_kind", "transformed") != "counts":
+        logg.warning(raw_counts_message(prepared.source))
+
+
+def train(
+    prepared: PreparedData,
+    model: str | nn.Module,
+    *,
+    task: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    options: TrainerOptions | None = None,
+) -> FittedRun:
+    """Build the model for ``prepared`` and train it with the :class:`~scdlkit.Trainer`.
+
+    The seed of ``options`` also fixes the initial weights.
+    """
+    options = options or TrainerOptions()
+    task_name = resolve_task(model, task)
+    check_labels(task_name, prepared)
+    module = build_model(
+        model, prepared, task=task_name, model_kwargs=model_kwargs, seed=options.seed
+    )
+    warn_raw_counts(prepared, module)
+    trainer = Trainer.from_options(module, task or task_name, options)
+    started = time.perf_counter()
+    trainer.fit(prepared.train, prepared.val)
+    return FittedRun(
+        trainer=trainer,
+        prepared=prepared,
+        model=model_name(model),
+        task=task_name,
+        model_kwargs=dict(model_kwargs or {}),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def fit(
+    adata: AnnData | MuData,
+    model: str | nn.Module,
+    *,
+    task: str | None = None,
+    spec: DataSpec | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    options: TrainerOptions | None = None,
+) -> FittedRun:
+    """Prepare ``adata`` as ``spec`` says and :func:`train` a model on it (nothing is written).
+
+    The task is checked against the model before any data is read; the split
+    uses the seed of ``options``.
+    """
+    options = options or TrainerOptions()
+    resolve_task(model, task)
+    spec = data_spec_for(model, spec)
+    prepared = prepare_data(adata, **spec.to_kwargs(), seed=options.seed)
+    return train(prepared, model, task=task, model_kwargs=model_kwargs, options=options)
+
+
+def checkpoint_path(checkpoint_dir: str | Path | None, key: str) -> Path:
+    """``<checkpoint_dir>/<key>_<timestamp>`` (``./scdlkit_checkpoints`` by default)."""
+    parent = (
+        Path(checkpoint_dir) if checkpoint_dir is not None else Path.cwd() / DEFAULT_CHECKPOINT_DIR
+    )
+    return parent / f"{key}_{datetime.now():%Y%m%d-%H%M%S-%f}"
+
+
+def save_run(
+    run: FittedRun,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    include_training_state: bool = True,
+) -> Path:
+    """Write the run's bundle (best weights, data spec, preprocessing, encoders); return its path."""
+    run.checkpoint = run.trainer.save_checkpoint(
+        path,
+        prepared=run.prepared,
+        metadata=dict(metadata or {}),
+        overwrite=overwrite,
+        include_training_state=include_training_state,
+    ).resolve()
+    return run.checkpoint
