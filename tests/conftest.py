@@ -24,6 +24,7 @@ from anndata import AnnData
 from mudata import MuData
 
 import scdlkit
+from scdlkit.models import registry as model_registry
 
 # The models in the tests are tiny: one thread avoids oversubscribing a small, shared CI machine.
 torch.set_num_threads(1)
@@ -240,3 +241,17 @@ def unchanged() -> Callable[[AnnData | MuData], Callable[[], None]]:
         return check
 
     return watch
+
+
+@pytest.fixture
+def clean_registry():
+    """Restore the model registry after a test that registers models."""
+    saved = dict(model_registry._REGISTRY)
+    yield
+    for cls in model_registry._REGISTRY.values():
+        if cls not in saved.values() and model_registry.REGISTRY_NAME in cls.__dict__:
+            delattr(cls, model_registry.REGISTRY_NAME)
+    model_registry._REGISTRY.clear()
+    model_registry._REGISTRY.update(saved)
+    for name, cls in saved.items():
+        setattr(cls, model_registry.REGISTRY_NAME, name)

@@ -16,7 +16,6 @@ import scdlkit
 from scdlkit.data.spec import DataSpec
 from scdlkit.evaluation._benchmark_result import BenchmarkResult
 from scdlkit.models import AutoEncoder, ScdlModel, create_model, register_model
-from scdlkit.models import registry as model_registry
 from scdlkit.train.options import DEFAULT_EPOCHS, DEFAULT_PATIENCE, TrainerOptions
 
 #: The names scDLKit 0.1.6 exported at the top level (its ``__all__``).
@@ -104,19 +103,6 @@ def test_new_typed_specs_are_top_level():
     options = scdlkit.TrainerOptions()
     assert (options.epochs, options.early_stopping_patience) == (DEFAULT_EPOCHS, DEFAULT_PATIENCE)
     assert scdlkit.DataSpec(use_raw=True).to_kwargs()["use_raw"] is True
-
-
-@pytest.fixture
-def clean_registry():
-    saved = dict(model_registry._REGISTRY)
-    yield
-    for cls in model_registry._REGISTRY.values():
-        if cls not in saved.values() and model_registry.REGISTRY_NAME in cls.__dict__:
-            delattr(cls, model_registry.REGISTRY_NAME)
-    model_registry._REGISTRY.clear()
-    model_registry._REGISTRY.update(saved)
-    for name, cls in saved.items():
-        setattr(cls, model_registry.REGISTRY_NAME, name)
 
 
 def test_a_0_1_6_style_basemodel_subclass_registers_and_trains(clean_registry, synthetic):

@@ -25,7 +25,6 @@ from scdlkit.models import (
     models_for_task,
     register_model,
 )
-from scdlkit.models import registry as model_registry
 
 INPUT_DIM = 50
 
@@ -49,20 +48,6 @@ SMALL = {
     "mlp_classifier": {"latent_dim": 4, "hidden_dims": (16,), "num_classes": 3},
 }
 BUNDLED = sorted(SMALL)
-
-
-@pytest.fixture
-def clean_registry():
-    """Restore the model registry after a test that registers models."""
-    saved = dict(model_registry._REGISTRY)
-    yield
-    for cls in model_registry._REGISTRY.values():
-        if cls not in saved.values() and model_registry.REGISTRY_NAME in cls.__dict__:
-            delattr(cls, model_registry.REGISTRY_NAME)
-    model_registry._REGISTRY.clear()
-    model_registry._REGISTRY.update(saved)
-    for name, cls in saved.items():
-        setattr(cls, model_registry.REGISTRY_NAME, name)
 
 
 def make(name: str, **overrides) -> ScdlModel:
