@@ -28,6 +28,19 @@ FIT_OPTIONS = {
     "early_stopping_patience": None,
     "model_kwargs": {"latent_dim": 8, "hidden_dims": (64,)},
 }
+#: The count model's run: raw counts, batches in the decoder.
+COUNT_OPTIONS = {
+    "batch_key": "batch",
+    "label_key": "cell_type",
+    "epochs": 50,
+    "batch_size": 64,
+    "seed": 0,
+    "device": "cpu",
+    "progress": False,
+    "early_stopping_patience": None,
+    "key_added": "counts",
+    "model_kwargs": {"n_hidden": 32, "n_latent": 6, "kl_warmup_steps": 50},
+}
 
 
 def dataset():
@@ -40,6 +53,8 @@ def main(out: Path) -> None:
     adata = dataset()
     scdlkit.tl.fit(adata, "vae", checkpoint_dir=out / "checkpoints", **FIT_OPTIONS)
     scdlkit.tl.predict(adata, outputs="latent")
+    scdlkit.tl.fit(adata, "count_vae", checkpoint_dir=out / "count_checkpoints", **COUNT_OPTIONS)
+    scdlkit.tl.predict(adata, key="counts", outputs="latent")
     rank = int(os.environ["RANK"])
     record = {
         "rank": rank,
@@ -47,6 +62,7 @@ def main(out: Path) -> None:
         "backend": torch.distributed.get_backend(),
         "has_record": "scdlkit" in adata.uns,
         "has_latent": "X_scdlkit" in adata.obsm,
+        "has_count_latent": "X_counts" in adata.obsm,
     }
     if scdlkit.train.is_main_process():
         adata.write_h5ad(out / "result.h5ad")

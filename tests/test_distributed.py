@@ -21,7 +21,7 @@ from scdlkit.data.loaders import shard
 from scdlkit.train import distributed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_fit_script import FIT_OPTIONS, dataset  # noqa: E402
+from ddp_fit_script import COUNT_OPTIONS, FIT_OPTIONS, dataset  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "ddp_fit_script.py"
 
@@ -155,6 +155,20 @@ def test_two_gloo_ranks_match_one_process(two_rank_run, tmp_path):
     final_single = single.uns["scdlkit"]["history"]["val_loss"][-1]
     assert abs(final_ddp - final_single) <= 0.05 * final_single, (final_ddp, final_single)
     assert _knn_accuracy(ddp) >= _knn_accuracy(single) - 0.05
+
+
+def test_two_gloo_ranks_train_the_count_model_like_one_process(two_rank_run, tmp_path):
+    ranks = [json.loads((two_rank_run / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["has_count_latent"] and not ranks[1]["has_count_latent"]
+    assert len(list((two_rank_run / "count_checkpoints").iterdir())) == 1
+    ddp = ad.read_h5ad(two_rank_run / "result.h5ad")
+    torch.set_num_threads(1)
+    single = dataset()
+    scdlkit.tl.fit(single, "count_vae", checkpoint_dir=tmp_path, **COUNT_OPTIONS)
+    np.testing.assert_array_equal(ddp.obs["counts_split"], single.obs["counts_split"])
+    final_ddp = ddp.uns["counts"]["history"]["val_loss"][-1]
+    final_single = single.uns["counts"]["history"]["val_loss"][-1]
+    assert abs(final_ddp - final_single) <= 0.05 * final_single, (final_ddp, final_single)
 
 
 def test_two_rank_checkpoint_predicts_in_one_process(two_rank_run):
