@@ -251,7 +251,7 @@ def test_latent_is_the_posterior_mean_in_eval_and_a_sample_in_training():
 
 def test_heads_outputs_and_library():
     x = _counts()
-    library = x.sum(1, keepdim=True) * 3  # the sum over all genes of the matrix
+    library = x.sum(1, keepdim=True) * 3  # any positive library: px_rate scales with it
     nb = CountVAE(input_dim=30, n_hidden=16).eval()
     out = nb(x, library=library)
     assert not hasattr(nb, "px_dropout_decoder") and "px_dropout" not in out
@@ -414,8 +414,8 @@ def test_registry_config_round_trip():
 def _count_batches(n_cells=240, genes=60, batch_size=48):
     adata = scdlkit.datasets.synthetic_counts(n_cells, genes + 20, n_types=3, n_batches=2, seed=3)
     counts = adata.X.tocsr()
-    library = np.asarray(counts.sum(axis=1), dtype=np.float32)  # all genes of the matrix
     x = counts[:, :genes].toarray().astype(np.float32)  # the genes the model sees
+    library = x.sum(axis=1, keepdims=True)  # over the model's genes, as the data layer gives it
     codes = adata.obs["batch"].cat.codes.to_numpy().astype(np.int64)
     return [
         {

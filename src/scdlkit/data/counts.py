@@ -126,12 +126,68 @@ def select_hvg_counts(
     if batches is not None:
         training.obs["batch"] = pd.Categorical(batches.iloc[rows].astype(str).to_numpy())
         batch_key = "batch"
-    with keep_torch_threads():
-        sc.pp.highly_variable_genes(
-            training, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key=batch_key
+    _check_hvg_batches(training, batch_key, fields.source)
+    try:
+        with keep_torch_threads():
+            sc.pp.highly_variable_genes(
+                training, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key=batch_key
+            )
+    except ValueError as err:  # skmisc's loess on too few distinct (mean, variance) points
+        msg = (
+            f"Could not rank highly variable genes (flavor='seurat_v3') on the training cells of "
+            f"{fields.source} (loess fit failed: {err}). It fits a loess curve per batch, which "
+            "fails when a batch has few cells; remove or merge small batches, or select genes "
+            "yourself and pass use_hvg=False."
         )
+        raise ValueError(msg) from err
     ranked = training.var["highly_variable"].to_numpy()
     return np.flatnonzero(ranked)
+
+
+#: Fewest genes that must vary within a batch before scanpy's seurat_v3 loess runs on it
+#: (skmisc's loess crashes the process on 3 points or fewer, and fails on few distinct ones).
+MIN_VARYING_GENES = 10
+
+
+def _check_hvg_batches(training: AnnData, batch_key: str | None, source: str) -> None:
+    """Refuse batches whose training cells cannot be ranked by ``flavor="seurat_v3"``.
+
+    A batch with one training cell, or with fewer than ``MIN_VARYING_GENES``
+    genes that vary among its cells, would crash skmisc's loess (a segmentation
+    fault, not an exception) inside :func:`scanpy.pp.highly_variable_genes`.
+
+    Raises
+    ------
+    ValueError
+        Naming the batches, their training cells and varying genes, and the fixes.
+    """
+    matrix = training.X
+    groups = (
+        {"all training cells": np.ones(matrix.shape[0], dtype=bool)}
+        if batch_key is None
+        else {
+            str(name): (training.obs[batch_key] == name).to_numpy()
+            for name in training.obs[batch_key].cat.categories
+        }
+    )
+    small = []
+    for name, mask in groups.items():
+        block = matrix[mask]
+        n_cells = int(mask.sum())
+        varying = (
+            0 if n_cells < 2 else int((block.max(axis=0) != block.min(axis=0)).toarray().sum())
+        )
+        if n_cells < 2 or varying < MIN_VARYING_GENES:
+            small.append(f"{name!r} ({n_cells} cell(s), {varying} varying genes)")
+    if small:
+        where = "the training split" if batch_key is None else "batches of the training split"
+        msg = (
+            f"Cannot rank highly variable genes (flavor='seurat_v3') of {source}: {where} "
+            f"{', '.join(small)} need at least 2 cells and {MIN_VARYING_GENES} genes that vary "
+            "among them. Remove or merge small batches, or select genes yourself and pass "
+            "use_hvg=False."
+        )
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -147,9 +203,12 @@ class Covariates:
 
     Examples
     --------
-    >>> obs = pd.DataFrame({"donor": ["a", "b", "a"], "pct_mito": [0.1, 0.2, 0.3]})
-    >>> covs = Covariates.fit(AnnData(obs=obs), ["donor"], ["pct_mito"], obs.index)
-    >>> covs.n_cats_per_cov, covs.encode(AnnData(obs=obs), obs.index)["cat_covs"].ravel().tolist()
+    >>> obs = pd.DataFrame(
+    ...     {"donor": ["a", "b", "a"], "pct_mito": [0.1, 0.2, 0.3]}, index=["c1", "c2", "c3"]
+    ... )
+    >>> adata = AnnData(obs=obs)
+    >>> covs = Covariates.fit(adata, ["donor"], ["pct_mito"], adata.obs_names)
+    >>> covs.n_cats_per_cov, covs.encode(adata, adata.obs_names)["cat_covs"].ravel().tolist()
     ((2,), [0, 1, 0])
     """
 
@@ -247,9 +306,16 @@ def count_inputs(
     data: AnnData | MuData,
     fields: Fields,
     covariates: Covariates,
+    columns: np.ndarray | None,
     *,
     mod: ModSpec = None,
 ) -> dict[str, np.ndarray]:
-    """Per-cell count-model inputs of every source row: ``library`` (+ ``cat_covs``/``cont_covs``)."""
-    library = row_sums(fields.matrix).astype(np.float32)[:, None]
+    """Per-cell count-model inputs of every source row: ``library`` (+ ``cat_covs``/``cont_covs``).
+
+    ``library`` is each cell's total count over the model's genes (``columns``
+    of the source matrix; all of them for ``None``), as in scvi-tools: the
+    decoder's softmax spreads exactly this total over those genes, so a total
+    over genes the model does not see would inflate every expected count.
+    """
+    library = row_sums(fields.matrix, columns).astype(np.float32)[:, None]
     return {LIBRARY: library, **covariates.encode(data, fields.obs_names, mod=mod)}

@@ -22,7 +22,6 @@ from .counts import (
     check_nonzero_cells,
     check_transforms,
     count_inputs,
-    row_sums,
     select_hvg_counts,
 )
 from .encoders import CategoryEncoder
@@ -422,11 +421,10 @@ def prepare_data(
             fields.obs_names, mod=mod,
         )  # fmt: skip
         preprocessing["covariates"] = covariates.to_dict()
-        per_cell = count_inputs(adata, fields, covariates, mod=mod)
+        per_cell = count_inputs(adata, fields, covariates, transform.columns, mod=mod)
         check_nonzero_cells(
-            row_sums(fields.matrix, transform.columns), fields.obs_names, fields.source,
-            transform.n_features,
-        )  # fmt: skip
+            per_cell["library"][:, 0], fields.obs_names, fields.source, transform.n_features
+        )
 
     def make(name: str) -> SplitData | None:
         rows = split_rows[name]

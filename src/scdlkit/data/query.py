@@ -135,7 +135,7 @@ def transform_adata(
     covariates = {}
     if counts:
         covs = Covariates.from_dict(preprocessing.get("covariates"))
-        covariates = count_inputs(adata, fields, covs, mod=mod)
+        covariates = count_inputs(adata, fields, covs, transform.columns, mod=mod)
         if batch_encoder is not None and "batch" not in encoded:
             msg = (
                 f"The count model was trained with batch_key={batch_encoder.key!r}; the query has "

@@ -322,8 +322,9 @@ class CountVAE(ScdlModel):
         x
             Raw counts ``(n, input_dim)``.
         library
-            Observed library sizes ``(n, 1)`` (the sum over all genes of the
-            matrix); ``None`` uses ``x.sum(1)``, the library of the genes the model sees.
+            Observed library sizes ``(n, 1)``: the cells' total counts over the
+            model's genes (what the data layer puts in every minibatch); ``None``
+            uses ``x.sum(1)``, the same.
         batch
             Batch codes ``(n,)`` in ``[0, n_batch)``; needed when ``n_batch > 0``, ignored otherwise.
         cat_covs

@@ -150,7 +150,9 @@ class LoadedRun:
             else None,
         )
 
-    def batch_codes(self, transform_batch: str | Collection[str] | None) -> int | list[int] | None:
+    def batch_codes(
+        self, transform_batch: str | int | Collection[str | int] | None
+    ) -> int | list[int] | None:
         """Codes of the training batches named in ``transform_batch`` (a name or a list).
 
         Raises
@@ -164,23 +166,23 @@ class LoadedRun:
         if encoder is None:
             msg = "transform_batch needs a model trained with batch_key=; this one has no batches."
             raise ValueError(msg)
-        names = [transform_batch] if isinstance(transform_batch, str) else list(transform_batch)
-        unknown = [name for name in names if str(name) not in encoder.categories]
+        names = transform_batch_names(transform_batch)
+        unknown = [name for name in names if name not in encoder.categories]
         if unknown or not names:
             msg = (
                 f"transform_batch {format_names(unknown) if unknown else '[]'} is not a batch of "
                 f"the training data; choose from {format_names(encoder.categories)}."
             )
             raise ValueError(msg)
-        codes = [encoder.categories.index(str(name)) for name in names]
-        return codes[0] if isinstance(transform_batch, str) else codes
+        codes = [encoder.categories.index(name) for name in names]
+        return codes if _is_collection(transform_batch) else codes[0]
 
     def expression(
         self,
         data: SplitData,
         *,
         library_size: float | str = 1e4,
-        transform_batch: str | Collection[str] | None = None,
+        transform_batch: str | int | Collection[str | int] | None = None,
         batch_size: int | None = None,
     ) -> np.ndarray:
         """Decode the expression of a count model for every cell of ``data`` (cells x model genes).
@@ -244,6 +246,22 @@ class LoadedRun:
             msg = f"The model does not produce {format_names(missing)}; it produces {format_names(results)}."
             raise ValueError(msg)
         return results
+
+
+def _is_collection(value: object) -> bool:
+    return isinstance(value, Collection) and not isinstance(value, str)
+
+
+def transform_batch_names(transform_batch: object) -> list[str]:
+    """Return the batch names in ``transform_batch``: one name (a number such as ``1`` too) or a list.
+
+    Examples
+    --------
+    >>> transform_batch_names("10x"), transform_batch_names(1), transform_batch_names([0, "a"])
+    (['10x'], ['1'], ['0', 'a'])
+    """
+    names = list(transform_batch) if _is_collection(transform_batch) else [transform_batch]
+    return [str(name) for name in names]
 
 
 def load_run(

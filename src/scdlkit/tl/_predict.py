@@ -27,6 +27,7 @@ from ..data.record import (
     record_holder,
 )
 from ..evaluation._probabilities import predicted_codes, softmax
+from ..pipeline.load import transform_batch_names
 from ..train.distributed import is_main_process
 
 #: Marks ``mod``/``layer`` arguments left to what the model was trained on.
@@ -89,7 +90,7 @@ def predict(
     key_added: str | None = None,
     model: nn.Module | None = None,
     library_size: float | str = 1e4,
-    transform_batch: str | Sequence[str] | None = None,
+    transform_batch: str | int | Sequence[str | int] | None = None,
     copy: bool = False,
 ) -> AnnData | MuData | None:
     """Run a trained model over every cell and write its outputs into ``adata``.
@@ -136,6 +137,7 @@ def predict(
     transform_batch
         Count models, ``"corrected"`` output: decode every cell as if it came
         from this training batch (a list of batches averages over them).
+        Numbers name the batches of a numeric batch column (``1`` is ``"1"``).
     {doc_copy}
 
     Under ``torchrun`` only rank 0 predicts and writes; other ranks return
@@ -264,10 +266,8 @@ def predict(
         )
     if expression:
         new_record["library_size"] = library_size
-        if transform_batch is not None:
-            new_record["transform_batch"] = (
-                [transform_batch] if isinstance(transform_batch, str) else list(transform_batch)
-            )
+        if "corrected" in expression:
+            new_record["transform_batch"] = transform_batch_names(transform_batch)
     if {"logits", "probabilities", "prediction"} & set(requested):
         encoder = loaded.encoder("label")
         logits = align_rows(results["logits"], data.obs_names, target_obs)
