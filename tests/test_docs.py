@@ -33,6 +33,7 @@ REFERENCE_PAGES = [
     "annotation-quickstart",
     "performance",
     "distributed",
+    "resume",
 ]
 
 

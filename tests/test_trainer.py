@@ -177,6 +177,7 @@ def test_save_load_gives_identical_predictions(prepared, tmp_path):
     path = trainer.save_checkpoint(tmp_path / "ckpt", prepared=prepared)
     assert sorted(p.name for p in path.iterdir()) == [
         "config.json",
+        "manifest.json",
         "model.pt",
         "training_state.pt",
     ]

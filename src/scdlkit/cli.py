@@ -8,7 +8,8 @@ Subcommands::
     scdlkit demo                                     a one-minute run on bundled PBMC data
 
 Exit codes: 0 success, 1 a data, key or file problem (one ``error: ...`` line on
-standard error), 2 a usage error.
+standard error), 2 a usage error, 143 (130 for Ctrl-C) training stopped by
+SIGTERM after writing its state (``scdlkit fit ... --resume`` continues it).
 
 The command is a thin front: ``fit``/``predict`` call :func:`scdlkit.tl.fit` and
 :func:`scdlkit.tl.predict`, run records are found through
@@ -221,6 +222,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         early_stopping_patience=args.early_stopping_patience,
+        resume=args.resume_from or args.resume,
+        **{
+            name: getattr(args, name)
+            for name in ("save_every", "save_every_minutes")
+            if getattr(args, name) is not None
+        },
     )
     if args.predict:
         scdlkit.tl.predict(data, key=args.key_added, mod=_modalities(args.mod), device=args.device)
@@ -474,6 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="parent folder of the checkpoint (none: scdlkit_checkpoints beside OUT)",
     )
     fit.add_argument(
+        "--save-every",
+        type=int,
+        metavar="N",
+        help="write the training state every N epochs, so that a killed run can be resumed",
+    )
+    fit.add_argument(
+        "--save-every-minutes",
+        type=float,
+        metavar="M",
+        help="also write it after any step once M minutes have passed since the last write",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest stopped run of --key-added in --checkpoint-dir "
+        "(a new run starts when none stopped)",
+    )
+    fit.add_argument(
+        "--resume-from", metavar="PATH", help="continue the run folder, state or bundle at PATH"
+    )
+    fit.add_argument(
         "--predict",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -551,8 +579,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         import scanpy as sc
 
         sc.settings.verbosity = "info"
+    from .train.preemption import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as stopped:
+        hint = "Resume with the same command and --resume."
+        sys.stderr.write(f"{stopped.with_hint(hint)}\n")
+        return stopped.exit_code
     except (CLIError, KeyError, ValueError, TypeError, OSError) as error:
         sys.stderr.write(f"error: {_message(error)}\n")
         return EXIT_ERROR

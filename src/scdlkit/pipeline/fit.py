@@ -1,7 +1,14 @@
-"""Fit: prepare → build → train with the Trainer → bundle on disk → the run record."""
+"""Fit: prepare → build → train with the Trainer → bundle on disk → the run record.
+
+Also where a run lives on disk: ``<checkpoint_dir>/<key>_<timestamp>/`` holds
+its training states (``state/``) while it trains and its bundle once it is
+done; :func:`resume_point` finds the run and state a resumed call continues.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -21,11 +28,11 @@ from ..data.record import history_record
 from ..data.spec import DataSpec
 from ..train import Trainer
 from ..train.options import TrainerOptions
+from ..train.state import STATE_FOLDER, find_state, is_state, list_states
 from .build import build_model, check_labels, data_spec_for, model_name, resolve_task
 
 DEFAULT_CHECKPOINT_DIR = "scdlkit_checkpoints"
-
-#: What ``outputs=`` may ask for, and the model output each one needs.
+_TIMESTAMP = r"\d{8}-\d{6}-\d{6}"
 
 
 @dataclass
@@ -116,10 +123,12 @@ def train(
     task: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     options: TrainerOptions | None = None,
+    resume_from: str | os.PathLike | None = None,
 ) -> FittedRun:
     """Build the model for ``prepared`` and train it with the :class:`~scdlkit.Trainer`.
 
-    The seed of ``options`` also fixes the initial weights.
+    The seed of ``options`` also fixes the initial weights; ``resume_from`` (a
+    training state, see :func:`resume_point`) continues a stopped run instead.
     """
     options = options or TrainerOptions()
     task_name = resolve_task(model, task)
@@ -130,7 +139,9 @@ def train(
     warn_raw_counts(prepared, module)
     trainer = Trainer.from_options(module, task or task_name, options)
     started = time.perf_counter()
-    trainer.fit(prepared.train, prepared.val)
+    if resume_from is not None:
+        logg.info(f"    resuming from {resume_from}")
+    trainer.fit(prepared.train, prepared.val, resume_from=resume_from, prepared=prepared)
     return FittedRun(
         trainer=trainer,
         prepared=prepared,
@@ -149,8 +160,9 @@ def fit(
     spec: DataSpec | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     options: TrainerOptions | None = None,
+    resume_from: str | os.PathLike | None = None,
 ) -> FittedRun:
-    """Prepare ``adata`` as ``spec`` says and :func:`train` a model on it (nothing is written).
+    """Prepare ``adata`` as ``spec`` says and :func:`train` a model on it (only states are written).
 
     The task is checked against the model before any data is read; the split
     uses the seed of ``options``.
@@ -159,7 +171,14 @@ def fit(
     resolve_task(model, task)
     spec = data_spec_for(model, spec)
     prepared = prepare_data(adata, **spec.to_kwargs(), seed=options.seed)
-    return train(prepared, model, task=task, model_kwargs=model_kwargs, options=options)
+    return train(
+        prepared,
+        model,
+        task=task,
+        model_kwargs=model_kwargs,
+        options=options,
+        resume_from=resume_from,
+    )
 
 
 def checkpoint_path(checkpoint_dir: str | Path | None, key: str) -> Path:
@@ -168,6 +187,53 @@ def checkpoint_path(checkpoint_dir: str | Path | None, key: str) -> Path:
         Path(checkpoint_dir) if checkpoint_dir is not None else Path.cwd() / DEFAULT_CHECKPOINT_DIR
     )
     return parent / f"{key}_{datetime.now():%Y%m%d-%H%M%S-%f}"
+
+
+def latest_run(checkpoint_dir: str | Path | None, key: str) -> Path | None:
+    """Return the newest ``<key>_<timestamp>`` folder under ``checkpoint_dir`` (``None``: none)."""
+    parent = (
+        Path(checkpoint_dir) if checkpoint_dir is not None else Path.cwd() / DEFAULT_CHECKPOINT_DIR
+    )
+    if not parent.is_dir():
+        return None
+    pattern = re.compile(rf"{re.escape(key)}_{_TIMESTAMP}")
+    runs = sorted(p for p in parent.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+    return runs[-1] if runs else None
+
+
+def resume_point(
+    checkpoint_dir: str | Path | None, key: str, resume: bool | str | os.PathLike
+) -> tuple[Path, Path | None]:
+    """Return the run folder to train into and the state to resume from (``None``: start anew).
+
+    ``resume=False`` starts a new run folder (:func:`checkpoint_path`);
+    ``resume=True`` continues the newest run of ``key`` under ``checkpoint_dir``
+    when it holds a training state (it stopped before the end) and starts a new
+    one otherwise; a path (a run folder, its ``state/`` folder, one state, or
+    a finished bundle to train further) continues that run.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``resume`` is a path that does not exist or holds no training state.
+    DamagedCheckpointError
+        Every state of the run is damaged.
+    """
+    if resume is False or resume is None:
+        return checkpoint_path(checkpoint_dir, key), None
+    if resume is True:
+        run = latest_run(checkpoint_dir, key)
+        if run is None or not list_states(run / STATE_FOLDER):
+            where = checkpoint_dir or DEFAULT_CHECKPOINT_DIR
+            logg.info(f"    no stopped run of {key!r} in {where}; starting a new one")
+            return checkpoint_path(checkpoint_dir, key), None
+        return run, find_state(run)
+    state = find_state(resume)
+    if state.parent.name == STATE_FOLDER:
+        return state.parent.parent, state
+    if is_state(state):  # a state folder of the Trainer's, outside any run folder
+        return checkpoint_path(checkpoint_dir, key), state
+    return state, state  # a finished bundle, trained further in place
 
 
 def save_run(

@@ -19,7 +19,10 @@ from ..data.fields import ModSpec
 from ..data.handler import DataHandler, check_writable
 from ..data.record import SPLIT_KEY, check_key_added
 from ..data.spec import DataSpec
+from ..pipeline.fit import resume_point
 from ..train.options import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainerOptions
+from ..train.preemption import TrainingInterrupted
+from ..train.state import STATE_FOLDER
 
 
 @doc_params(
@@ -57,6 +60,7 @@ def fit(
     lr: float = DEFAULT_LR,
     device: str = "auto",
     seed: int = DEFAULT_SEED,
+    resume: bool | str | Path = False,
     copy: bool = False,
     **trainer_kwargs: Any,
 ) -> AnnData | MuData | None:
@@ -111,11 +115,23 @@ def fit(
         split and the initial weights. ``epochs`` is an upper bound: training
         stops early when the validation loss has not improved for
         ``early_stopping_patience`` epochs (20 by default, as on every surface).
+    resume
+        ``True``: continue the newest run of ``key_added`` under
+        ``checkpoint_dir`` if it stopped before the end (killed, SIGTERM,
+        Ctrl-C), else start a new one; a path: continue that run folder, state
+        or bundle. The result equals an uninterrupted run (same epochs, history
+        and weights on CPU); a run with other data, model or settings is
+        refused, naming what differs. See :doc:`/resume`.
     {doc_copy}
     **trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``early_stopping_patience``,
         ``weight_decay``, ``scheduler``, ``mixed_precision``, ``prefetch``,
-        ``compile_model``, ``strategy``, ``progress``, ...). Started by
+        ``compile_model``, ``strategy``, ``progress``, ...).
+        ``save_every=N`` (epochs) and/or ``save_every_minutes=M`` write the
+        training state into ``<run folder>/state/`` while training, so that a
+        killed run can be resumed; with them (or ``resume``), SIGTERM and
+        Ctrl-C finish the current step, write the state and raise
+        :class:`~scdlkit.train.preemption.TrainingInterrupted`. Started by
         ``torchrun --nproc_per_node=N script.py``, the same call trains with
         ``DistributedDataParallel`` (one shard of the training cells per
         process); rank 0 alone writes the checkpoint and the record in
@@ -160,9 +176,23 @@ def fit(
         {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed,
          **trainer_kwargs}
     )  # fmt: skip
-    run = pipeline.fit(
-        adata, model, task=task, spec=spec, model_kwargs=model_kwargs, options=options
-    )
+    if options.state_dir is not None:
+        msg = (
+            "tl.fit keeps the training states in <checkpoint_dir>/<key_added>_<time>/state; "
+            "choose the place with checkpoint_dir= instead of state_dir=."
+        )
+        raise TypeError(msg)
+    run_dir, resume_from = resume_point(checkpoint_dir, key_added, resume)
+    if options.saves_state or resume:
+        options = options.replace(state_dir=run_dir / STATE_FOLDER)
+    try:
+        run = pipeline.fit(
+            adata, model, task=task, spec=spec, model_kwargs=model_kwargs, options=options,
+            resume_from=resume_from,
+        )  # fmt: skip
+    except TrainingInterrupted as stopped:
+        hint = f"Resume with the same tl.fit call and resume=True (or resume={str(run_dir)!r})."
+        raise stopped.with_hint(hint) from None
     if not run.is_main_process:
         logg.info(
             f"    rank {run.trainer.distributed.rank}: training finished; rank 0 writes the "
@@ -174,8 +204,9 @@ def fit(
     params = run.params(options, given=trainer_kwargs)
     path = pipeline.save_run(
         run,
-        pipeline.checkpoint_path(checkpoint_dir, key_added),
+        run_dir,
         metadata={"key_added": key_added, "params": params},
+        overwrite=run_dir.exists(),  # the run's own folder, holding its states
     )
     existing = handler.clear_previous(key_added, include_split=True)
     split_name = SPLIT_KEY.format(key=key_added)

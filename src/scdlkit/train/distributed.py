@@ -118,7 +118,10 @@ def setup(device: torch.device) -> DistributedContext:
     """Join (or reuse) the process group for ``device`` and return this process's context.
 
     The group is created from the ``torchrun`` environment with NCCL for CUDA
-    devices and gloo otherwise, and destroyed when the process exits.
+    devices and gloo otherwise, and destroyed when the process exits. After an
+    elastic restart (``torchrun --max-restarts``) the workers of the new attempt
+    meet under keys of their own in torchrun's store, never reading the
+    addresses the dead workers left there.
     """
     if not dist.is_available():
         msg = "This PyTorch build has no torch.distributed support; train with strategy='single'."
@@ -127,7 +130,10 @@ def setup(device: torch.device) -> DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"scdlkit/attempt_{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
         atexit.register(_destroy)
     return DistributedContext(
         rank=dist.get_rank(),
@@ -155,3 +161,33 @@ def sum_across_ranks(sums: dict[str, float], n_cells: int) -> tuple[dict[str, fl
         for key, value in rank_sums.items():
             total[key] = total.get(key, 0.0) + value
     return total, sum(count for _, count in gathered)
+
+
+def any_across_ranks(flags: list[bool], device: torch.device) -> list[bool]:
+    """Return, for each flag, whether it is set on any rank (every rank gets the same answer).
+
+    One small all-reduce; the Trainer calls it after every step while it can
+    write states, so that all ranks stop (or save) at the same step.
+    """
+    values = torch.tensor([int(flag) for flag in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
+
+
+def gather(value: Any) -> list[Any]:
+    """Return ``value`` of every rank, in rank order (picklable objects; every rank gets the list)."""
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has written a state)."""
+    dist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Return rank 0's ``value`` on every rank (a picklable object)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

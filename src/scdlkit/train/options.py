@@ -8,6 +8,7 @@ instead of copying the option list, and the same defaults hold everywhere.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -84,6 +85,9 @@ class TrainerOptions:
     progress: bool | None = None
     callbacks: Sequence[Callback] = field(default=())
     verbose: bool = False
+    save_every: int | None = None
+    save_every_minutes: float | None = None
+    state_dir: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         check_positive("epochs", self.epochs, integer=True)
@@ -104,6 +108,10 @@ class TrainerOptions:
             check_positive("grad_clip", self.grad_clip)
         if self.eval_batch_size is not None:
             check_positive("eval_batch_size", self.eval_batch_size, integer=True)
+        if self.save_every is not None:
+            check_positive("save_every", self.save_every, integer=True)
+        if self.save_every_minutes is not None:
+            check_positive("save_every_minutes", self.save_every_minutes)
         if self.prefetch != "auto":
             check_positive("prefetch", self.prefetch, integer=True, allow_zero=True)
         if self.data_on_device not in ("auto", True, False):
@@ -147,8 +155,17 @@ class TrainerOptions:
         """Return the options as keyword arguments of :class:`~scdlkit.Trainer`."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def saves_state(self) -> bool:
+        """Whether periodic training states are asked for (``save_every`` or ``save_every_minutes``)."""
+        return self.save_every is not None or self.save_every_minutes is not None
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings stored in checkpoints (callables become ``"custom"``)."""
+        """JSON-able settings stored in checkpoints (callables become ``"custom"``).
+
+        Only what shapes the result is stored: device, data loading, progress
+        and the state options (``save_every``, ``state_dir``) are not.
+        """
 
         def named(spec: Any) -> Any:
             return spec if spec is None or isinstance(spec, str) else "custom"

@@ -6,10 +6,10 @@ import os
 import sys
 import time
 from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -19,6 +19,7 @@ from ..data import SplitData
 from ..data.device_data import fits_on_device
 from . import distributed
 from .batches import BatchSource, to_device
+from .bundle import BundleData
 from .callbacks import Callback
 from .checkpointing import CheckpointMixin
 from .collect import collect_predictions
@@ -34,7 +35,9 @@ from .options import (
     build_optimizer,
     build_scheduler,
 )
+from .preemption import StopSignals, TrainingInterrupted
 from .prefetch import prefetch as prefetch_batches
+from .state import SaveSchedule, describe_data
 
 
 class Trainer(CheckpointMixin):
@@ -116,6 +119,17 @@ class Trainer(CheckpointMixin):
         :class:`~scdlkit.train.Callback` instances.
     verbose
         Write one summary line per epoch.
+    save_every
+        Write the full training state into ``state_dir`` every this many epochs,
+        so that a killed run can go on (``fit(..., resume_from=state_dir)``).
+    save_every_minutes
+        Also write it after any step once this many minutes have passed since
+        the last write.
+    state_dir
+        Folder of the training states (see :doc:`/resume`); only the two newest
+        are kept. With a ``state_dir``, SIGTERM and Ctrl-C finish the current
+        step, write the state and raise
+        :class:`~scdlkit.train.preemption.TrainingInterrupted`.
 
     Examples
     --------
@@ -158,6 +172,9 @@ class Trainer(CheckpointMixin):
         progress: bool | None = None,
         callbacks: Sequence[Callback] = (),
         verbose: bool = False,
+        save_every: int | None = None,
+        save_every_minutes: float | None = None,
+        state_dir: str | os.PathLike | None = None,
     ) -> None:
         from ..tasks import get_task
 
@@ -173,8 +190,12 @@ class Trainer(CheckpointMixin):
             min_delta=min_delta, checkpoint=checkpoint, seed=seed, val_every=val_every,
             eval_batch_size=eval_batch_size, num_workers=num_workers, prefetch=prefetch,
             data_on_device=data_on_device, compile_model=compile_model, strategy=strategy,
-            progress=progress, callbacks=tuple(callbacks), verbose=verbose,
+            progress=progress, callbacks=tuple(callbacks), verbose=verbose, save_every=save_every,
+            save_every_minutes=save_every_minutes, state_dir=state_dir,
         )  # fmt: skip
+        if options.saves_state and state_dir is None:
+            msg = "save_every/save_every_minutes need state_dir= (the folder for the training states)."
+            raise ValueError(msg)
         self.options = options
         use_ddp = distributed.wants_distributed(strategy)
         self.device = resolve_device(distributed.local_device(device) if use_ddp else device)
@@ -223,6 +244,18 @@ class Trainer(CheckpointMixin):
         self._scaler = torch.amp.GradScaler(
             "cuda", enabled=self.device.type == "cuda" and self.autocast_dtype == torch.float16
         )
+        if state_dir is not None and self.distributed is not None:
+            state_dir = distributed.broadcast(str(state_dir))  # rank 0 writes: its folder counts
+        self._saves = (
+            None
+            if state_dir is None
+            else SaveSchedule(Path(state_dir), save_every, save_every_minutes)
+        )
+        self._signals = StopSignals(enabled=False)
+        self._prepared: BundleData | None = None
+        self._training_data: dict[str, Any] | None = None
+        self._position: dict[str, Any] | None = None
+        self.resumed_from: Path | None = None
 
     def __repr__(self) -> str:
         ranks = "" if self.distributed is None else f", ddp={self.distributed.world_size} ranks"
@@ -237,10 +270,6 @@ class Trainer(CheckpointMixin):
         return self.distributed is None or self.distributed.is_main
 
     # ------------------------------------------------------------------ settings
-    def settings(self) -> dict[str, Any]:
-        """Return the JSON-able constructor settings (stored in checkpoints)."""
-        return self.options.to_dict()
-
     def _build_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(self.model, self.options)
 
@@ -249,7 +278,12 @@ class Trainer(CheckpointMixin):
 
     # ------------------------------------------------------------------ training
     def fit(
-        self, train: Any, val: Any = None, *, resume_from: str | os.PathLike | None = None
+        self,
+        train: Any,
+        val: Any = None,
+        *,
+        resume_from: str | os.PathLike | None = None,
+        prepared: BundleData | None = None,
     ) -> Trainer:
         """Train on ``train``, monitoring ``val``; returns ``self``.
 
@@ -262,20 +296,33 @@ class Trainer(CheckpointMixin):
             Validation data of the same kinds, or ``None`` (then the training loss
             is monitored).
         resume_from
-            A checkpoint written by :meth:`save_checkpoint`: weights, optimizer,
-            scheduler, history and epoch counter are restored and training goes on
-            up to ``epochs``.
+            A training state (a ``state_dir``, or one state in it) or a checkpoint
+            written by :meth:`save_checkpoint`: weights, optimizer, scheduler,
+            RNG states, history and the position in the epoch are restored and
+            training goes on up to ``epochs``; on CPU the result is the one of an
+            uninterrupted run. The model, data and settings must be the same
+            (a larger ``epochs`` trains further).
+        prepared
+            The :class:`~scdlkit.data.PreparedData` of ``train`` (any object with
+            ``bundle_fields()``): written into every state, so that a state is a
+            bundle :func:`scdlkit.tl.predict` can use, and compared on resume.
 
         Returns
         -------
         The fitted trainer. ``history_frame`` holds one row per epoch; with
-        ``checkpoint=True`` the model holds the best weights. ``Ctrl-C`` stops
-        cleanly: the best weights are restored and the history kept.
+        ``checkpoint=True`` the model holds the best weights. Without a
+        ``state_dir``, ``Ctrl-C`` stops cleanly: the best weights are restored
+        and the history kept.
 
         Raises
         ------
         NotImplementedError
             The model is inference-only (``supports_training=False``).
+        ValueError
+            ``resume_from`` belongs to another model, data or settings.
+        TrainingInterrupted
+            SIGTERM or Ctrl-C arrived while training with a ``state_dir``: the
+            state was written, the message says how to resume.
         """
         if not getattr(self.model, "supports_training", True):
             msg = (
@@ -291,23 +338,30 @@ class Trainer(CheckpointMixin):
         )
         self._forward_model = self._training_module()
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        stopped = None
         with torch.random.fork_rng(devices=devices):
             rank = 0 if self.distributed is None else self.distributed.rank
             torch.manual_seed(self.seed + rank)  # ranks draw different dropout/noise
-            self._start(resume_from)
+            self._start(resume_from, prepared, train, val)
             for callback in self.callbacks:
                 callback.on_fit_start(self)
+            self._signals = StopSignals(enabled=self._saves is not None)
             try:
-                self._run_epochs(train_source, val_source)
+                with self._signals:
+                    self._run_epochs(train_source, val_source)
             except KeyboardInterrupt:
                 self.interrupted = True
                 tqdm.write(
                     f"Training interrupted after {self.epochs_run} epochs; keeping the best weights.",
                     file=sys.stderr,
                 )
+            except TrainingInterrupted as error:
+                self.interrupted, stopped = True, error
             self._finish()
         for callback in self.callbacks:
             callback.on_fit_end(self)
+        if stopped is not None:
+            raise stopped
         return self
 
     def _source(self, data: Any, batch_size: int, *, shuffle: bool, role: str) -> BatchSource:
@@ -340,15 +394,23 @@ class Trainer(CheckpointMixin):
             source.epoch(epoch), self.prefetch, pin_memory=self.device.type == "cuda"
         )
 
-    def _start(self, resume_from: str | os.PathLike | None) -> None:
+    def _start(
+        self,
+        resume_from: str | os.PathLike | None,
+        prepared: BundleData | None,
+        train: Any,
+        val: Any,
+    ) -> None:
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler(self.optimizer)
         self.history, self.epochs_run, self._bad_epochs = [], 0, 0
         self.best_epoch = self.best_loss = None
-        self._best_state = self._last_state = None
+        self._best_state = self._last_state = self._position = self.resumed_from = None
         self.stop_training = self.interrupted = False
+        self._prepared = prepared
+        self._training_data = {"train": describe_data(train), "val": describe_data(val)}
         if resume_from is not None:
-            self._restore_training_state(resume_from)
+            self._restore_training_state(resume_from, prepared)
 
     def _run_epochs(self, train_source: BatchSource, val_source: BatchSource | None) -> None:
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
@@ -388,13 +450,19 @@ class Trainer(CheckpointMixin):
                 patience is not None and self._bad_epochs >= max(patience, 1)
             ):
                 break
+            if self._saves is not None and self.epochs_run < self.epochs:
+                self._save_point(None, epoch_end=True)
         bar.close()
 
     def _train_epoch(self, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        n_cells = 0
-        for batch in batches:
+        position, self._position = self._position, None  # set when resuming mid-epoch
+        sums: dict[str, torch.Tensor] = {} if position is None else position["sums"]
+        n_cells = 0 if position is None else int(position["n_cells"])
+        done = 0 if position is None else int(position["step"])
+        for step, batch in enumerate(batches, start=1):
+            if step <= done:
+                continue  # trained before the state was written: same order, skipped
             if batch["x"].shape[0] == 1 and n_cells > 0:
                 continue  # a trailing 1-cell batch breaks BatchNorm; the cell is seen in other epochs
             batch = to_device(batch, self.device)
@@ -410,6 +478,8 @@ class Trainer(CheckpointMixin):
             n = batch["x"].shape[0]
             n_cells += n
             self._accumulate(sums, loss.detach(), stats, n)
+            if self._saves is not None:
+                self._save_point({"step": step, "sums": sums, "n_cells": n_cells}, epoch_end=False)
         totals, n_cells = self._reduce(sums, n_cells)
         if n_cells == 0:
             msg = "The training data yielded no batches; it is empty."
@@ -458,15 +528,6 @@ class Trainer(CheckpointMixin):
         else:
             self._bad_epochs += 1
 
-    def _copy_state(self, into: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """Copy the current weights into preallocated buffers (allocated once)."""
-        state = self.model.state_dict()
-        if into is None or into.keys() != state.keys():
-            return {key: value.detach().clone() for key, value in state.items()}
-        for key, value in state.items():
-            into[key].copy_(value)
-        return into
-
     def _step_scheduler(self, monitored: float | None) -> None:
         if self.scheduler is None:
             return
@@ -481,23 +542,6 @@ class Trainer(CheckpointMixin):
         self._rng_state = torch.get_rng_state()
         if self.checkpoint and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
-
-    @property
-    def history_frame(self) -> pd.DataFrame:
-        """Training history as a DataFrame, one row per epoch.
-
-        Columns: ``epoch``, ``train_loss``, ``val_loss``, each loss component
-        (``train_<name>``, ``val_<name>``), ``lr`` and ``seconds``.
-        """
-        frame = pd.DataFrame(self.history)
-        if frame.empty:
-            return pd.DataFrame(columns=["epoch", "train_loss", "val_loss", "lr", "seconds"])
-        if "val_loss" not in frame:
-            frame["val_loss"] = np.nan
-        first = ["epoch", "train_loss", "val_loss"]
-        last = ["lr", "seconds"]
-        middle = [c for c in frame.columns if c not in first + last]
-        return frame[first + middle + last]
 
     # ------------------------------------------------------------------ inference
     def predict_dataset(

@@ -40,6 +40,8 @@ from ..train.options import (
     DEFAULT_PATIENCE,
     TrainerOptions,
 )
+from ..train.preemption import TrainingInterrupted
+from ..train.state import STATE_FOLDER, find_state, list_states
 from ._plots import RunnerPlots
 from ._scoring import class_predictions, held_out_inputs, output_inputs
 from .report import write_report
@@ -90,7 +92,9 @@ class TaskRunner(RunnerPlots):
         Further options of the model (``hidden_dims``, ``dropout``, ``kl_weight``, ...).
     trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``weight_decay``, ``scheduler``,
-        ``progress``, ...).
+        ``progress``, ...); ``save_every``/``save_every_minutes`` write the
+        training state into ``<output_dir>/checkpoint/state`` while training
+        (see :meth:`fit` for resuming).
     output_dir
         Folder for the checkpoint bundle (``<output_dir>/checkpoint``); ``None``
         uses a temporary folder that is removed with the runner.
@@ -230,7 +234,7 @@ class TaskRunner(RunnerPlots):
         }
 
     # ------------------------------------------------------------------ training
-    def fit(self, adata: AnnData | MuData) -> TaskRunner:
+    def fit(self, adata: AnnData | MuData, *, resume: bool = False) -> TaskRunner:
         """Prepare the data, build the model and train it; returns ``self``.
 
         The cells are split into train/validation/test (``seed``); the model is
@@ -239,22 +243,40 @@ class TaskRunner(RunnerPlots):
         modified. The best weights are written as a checkpoint bundle
         (:attr:`checkpoint_`).
 
+        Parameters
+        ----------
+        adata
+            The cells to train on.
+        resume
+            Continue from the training state in ``<output_dir>/checkpoint/state``
+            when a run stopped there (killed, SIGTERM, Ctrl-C; see
+            ``save_every`` in ``trainer_kwargs``), else train from the start.
+
         Raises
         ------
         MissingKeyError
             A layer, modality or ``.obs`` column that does not exist.
         ValueError
             Invalid data (see :func:`~scdlkit.prepare_data`), a single class for
-            classification, or an option the model does not accept.
+            classification, an option the model does not accept, ``save_every`` or
+            ``resume`` without ``output_dir``, or a state of another run.
+        TrainingInterrupted
+            SIGTERM or Ctrl-C stopped training with ``save_every``/``resume``;
+            the state was written.
         """
-        run = pipeline.fit(
-            adata,
-            self.model,
-            task=self.task,
-            spec=self.spec,
-            model_kwargs=self.model_kwargs,
-            options=self.options,
-        )
+        options, resume_from = self._state_options(resume)
+        try:
+            run = pipeline.fit(
+                adata,
+                self.model,
+                task=self.task,
+                spec=self.spec,
+                model_kwargs=self.model_kwargs,
+                options=options,
+                resume_from=resume_from,
+            )
+        except TrainingInterrupted as stopped:
+            raise stopped.with_hint("Resume with runner.fit(adata, resume=True).") from None
         pipeline.save_run(
             run,
             self._checkpoint_dir(),
@@ -266,6 +288,20 @@ class TaskRunner(RunnerPlots):
         self.prepared_, self._adata = run.prepared, adata
         self.metrics_, self.fit_seconds_ = None, run.seconds
         return self
+
+    def _state_options(self, resume: bool) -> tuple[TrainerOptions, Path | None]:
+        """Return the options with the state folder set, and the state to resume from."""
+        if not (self.options.saves_state or resume):
+            return self.options, None
+        if self.output_dir is None or self.options.state_dir is not None:
+            msg = (
+                "save_every/save_every_minutes and resume need output_dir= (the states go to "
+                "<output_dir>/checkpoint/state, a folder that outlives the process), not state_dir=."
+            )
+            raise ValueError(msg)
+        state_dir = self._checkpoint_dir() / STATE_FOLDER
+        resume_from = find_state(state_dir) if resume and list_states(state_dir) else None
+        return self.options.replace(state_dir=state_dir), resume_from
 
     def _checkpoint_dir(self) -> Path:
         if self.output_dir is not None:
