@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import scdlkit
+from scdlkit import pipeline
 from scdlkit._errors import MissingKeyError
 from scdlkit.adapters import wrap_reconstruction_module
-from scdlkit.evaluation import knn_accuracy, reconstruction_metrics
+from scdlkit.evaluation import integration_metrics, knn_accuracy, reconstruction_metrics
 
 
 def _dense(matrix) -> np.ndarray:
@@ -133,3 +134,103 @@ def test_missing_reconstruction_and_record_messages(synthetic, tmp_path):
     assert "key_added='other'" in str(info.value)
     with pytest.raises(MissingKeyError, match=r"records present: 'scdlkit', 'other'"):
         scdlkit.tl.evaluate(synthetic, key="none")
+
+
+# --------------------------------------------------------------------------- integration group
+
+
+@pytest.fixture
+def count_run(synthetic, tmp_path):
+    """A count_vae run on 60 of 120 genes, with batches; latent and reconstruction written."""
+    scdlkit.tl.fit(
+        synthetic, "count_vae", batch_key="batch", use_hvg=True, n_top_genes=60, epochs=2,
+        device="cpu", checkpoint_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    scdlkit.tl.predict(synthetic, device="cpu")
+    return synthetic
+
+
+def test_integration_metrics_of_a_count_run_use_its_log_normalised_input(count_run):
+    adata = count_run
+    scdlkit.tl.evaluate(adata)  # the default groups are unchanged: no integration
+    assert "integration" not in adata.uns["scdlkit"]["metrics"]
+
+    scdlkit.tl.evaluate(
+        adata, metrics=["representation", "integration"], label_key="cell_type", split=None,
+        clustering="kmeans",
+    )  # fmt: skip
+    metrics = adata.uns["scdlkit"]["metrics"]
+    scores = metrics["integration"]
+
+    features = pipeline.load_run(adata.uns["scdlkit"]["checkpoint"]).preprocessing["feature_names"]
+    counts = _dense(adata.X)
+    totals = counts.sum(axis=1, keepdims=True)  # every gene of the matrix, not the 60 selected
+    selected = counts[:, adata.var_names.get_indexer([str(name) for name in features])]
+    assert selected.shape == (300, 60) and (selected.sum(axis=1) < totals[:, 0]).all()
+    expected = integration_metrics(
+        adata.obsm["X_scdlkit"],
+        adata.obs["cell_type"],
+        adata.obs["batch"],
+        unintegrated=np.log1p(selected / totals * 1e4),
+        seed=42,
+    )
+    assert set(scores) == set(expected)
+    for name, value in expected.items():
+        assert scores[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    assert scores["n_cells"] == 300
+    assert scores["total"] == pytest.approx(
+        0.6 * scores["bio_conservation"] + 0.4 * scores["batch_correction"]
+    )
+    # the representation group keeps its raw silhouette in [-1, 1]; scIB's is rescaled
+    assert scores["silhouette_label"] == pytest.approx((metrics["silhouette_label"] + 1) / 2)
+    assert adata.uns["scdlkit"]["evaluate_params"]["unintegrated"] == "model input"
+    assert adata.uns["scdlkit"]["evaluate_params"]["batch_key"] == "batch"  # the run's
+
+
+def test_integration_metrics_with_an_obsm_baseline_survive_h5ad(count_run, tmp_path):
+    adata = count_run
+    normalized = adata.copy()
+    sc.pp.normalize_total(normalized, target_sum=1e4)
+    sc.pp.log1p(normalized)
+    sc.pp.pca(normalized, n_comps=20)
+    adata.obsm["X_pca"] = normalized.obsm["X_pca"]
+    scdlkit.tl.evaluate(
+        adata, metrics="integration", label_key="cell_type", unintegrated="X_pca", seed=0
+    )
+    scores = adata.uns["scdlkit"]["metrics"]["integration"]
+    test = (adata.obs["scdlkit_split"] == "test").to_numpy()
+    expected = integration_metrics(
+        adata.obsm["X_scdlkit"][test],
+        adata.obs["cell_type"][test],
+        adata.obs["batch"][test],
+        unintegrated=adata.obsm["X_pca"][test],
+    )
+    assert scores["n_cells"] == test.sum() == 45
+    assert scores["pcr_comparison"] == pytest.approx(expected["pcr_comparison"], abs=1e-6)
+    assert scores["total"] == pytest.approx(expected["total"], abs=1e-6)
+    assert adata.uns["scdlkit"]["evaluate_params"]["unintegrated"] == "X_pca"
+
+    path = tmp_path / "scored.h5ad"
+    adata.write_h5ad(path)
+    reloaded = sc.read_h5ad(path)
+    stored = reloaded.uns["scdlkit"]["metrics"]["integration"]
+    assert {name: float(value) for name, value in stored.items()} == pytest.approx(
+        {name: float(value) for name, value in scores.items()}, nan_ok=True
+    )
+
+
+def test_integration_metrics_errors_leave_the_record_unchanged(count_run):
+    adata = count_run
+    before = dict(adata.uns["scdlkit"])
+    with pytest.raises(ValueError, match=r"names no label_key \(pass label_key=\)"):
+        scdlkit.tl.evaluate(adata, metrics="integration")
+    with pytest.raises(ValueError, match=r"unintegrated= is used by the integration metrics only"):
+        scdlkit.tl.evaluate(adata, metrics="representation", unintegrated="X_pca")
+    with pytest.raises(MissingKeyError, match=r"Did not find .obsm\['X_pca'\] \(unintegrated=\)"):
+        scdlkit.tl.evaluate(
+            adata, metrics="integration", label_key="cell_type", unintegrated="X_pca"
+        )
+    with pytest.raises(ValueError, match=r"Unknown metrics 'scib'"):
+        scdlkit.tl.evaluate(adata, metrics="scib")
+    assert adata.uns["scdlkit"].keys() == before.keys()
+    assert "metrics" not in adata.uns["scdlkit"]

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._errors import format_names
 from ._classification import classification_metrics
+from ._integration import integration_metrics
 from ._reconstruction import reconstruction_metrics
 from ._representation import representation_metrics
 
@@ -18,7 +19,8 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "reconstruction": ("reconstruction", "representation"),
     "classification": ("classification",),
 }
-METRIC_GROUPS = ("reconstruction", "representation", "classification")
+#: Every metric group; ``integration`` (scIB, slower) is computed only on request.
+METRIC_GROUPS = ("reconstruction", "representation", "classification", "integration")
 
 
 def metric_groups(task: str, groups: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -52,6 +54,7 @@ def output_metrics(
     predictions: Any = None,
     probabilities: Any = None,
     classes: Sequence[str] | None = None,
+    unintegrated: Any = None,
     n_neighbors: int = 15,
     clustering: str = "leiden",
     resolution: float = 1.0,
@@ -60,7 +63,13 @@ def output_metrics(
     """Compute the metric ``groups`` from a model's outputs and merge them into one dictionary.
 
     A group whose inputs are missing is an error, except that representation
-    metrics without labels (and without batches) reduce to ``n_cells``.
+    metrics without labels (and without batches) reduce to ``n_cells``. The
+    ``integration`` group is stored as one sub-dictionary under
+    ``"integration"`` (the names of :func:`~scdlkit.evaluation.integration_metrics`,
+    some of which, such as ``silhouette_label``, mean something else in the
+    representation group); it uses the scib-metrics ``Benchmarker`` settings,
+    not ``n_neighbors``/``clustering``/``resolution``, and ``unintegrated`` for
+    ``pcr_comparison``.
     """
     metrics: dict[str, Any] = {}
     if "reconstruction" in groups:
@@ -93,6 +102,13 @@ def output_metrics(
             classification_metrics(
                 labels, predictions, probabilities=probabilities, classes=classes
             )
+        )
+    if "integration" in groups:
+        if latent is None or labels is None or batches is None:
+            msg = "Integration metrics need a latent space, cell-type labels and batches."
+            raise ValueError(msg)
+        metrics["integration"] = integration_metrics(
+            latent, labels, batches, unintegrated=unintegrated, seed=seed
         )
     return metrics
 

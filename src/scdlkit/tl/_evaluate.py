@@ -17,6 +17,7 @@ from .._defaults import DEFAULT_SEED
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
 from .._errors import MissingKeyError
 from ..data import get_obs_column
+from ..data.counts import row_sums
 from ..data.handler import DataHandler, check_writable
 from ..data.record import (
     align_rows,
@@ -98,23 +99,50 @@ def _cell_masks(
     return evaluated, reference, f"{split} cells"
 
 
-def _reconstruction_inputs(
-    adata: AnnData | MuData,
-    holder: AnnData | MuData,
-    record: Mapping[str, Any],
-    key: str,
-    model: nn.Module | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the model input and the reconstruction of every cell of ``holder`` (model features).
-
-    The model input is rebuilt from the run's bundle (:meth:`~scdlkit.pipeline.LoadedRun.query`:
-    the same reading and preprocessing as in training), in ``holder.obs_names`` order.
-    """
+def _load_run(record: Mapping[str, Any], key: str, model: nn.Module | None) -> pipeline.LoadedRun:
+    """Return the run's bundle (its configuration only; weights are not read)."""
     checkpoint = record.get("checkpoint")
     if not checkpoint:
         msg = f".uns[{key!r}] names no checkpoint; the model input cannot be rebuilt."
         raise MissingKeyError(msg)
-    loaded = pipeline.load_run(checkpoint, device="cpu", model=model)
+    return pipeline.load_run(checkpoint, device="cpu", model=model)
+
+
+def _model_input(
+    adata: AnnData | MuData,
+    holder: AnnData | MuData,
+    loaded: pipeline.LoadedRun,
+    *,
+    totals: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return the model input of every cell of ``holder`` and, with ``totals``, its total counts.
+
+    The input is rebuilt from the run's bundle (:meth:`~scdlkit.pipeline.LoadedRun.query`:
+    the same reading and preprocessing as in training), in ``holder.obs_names`` order
+    (NaN rows for cells the data lack). Totals are given for count models only,
+    over every gene of the source matrix, as ``scanpy.pp.normalize_total`` sums
+    them (not only over the model's genes).
+    """
+    data = loaded.query(adata)
+    observed = align_rows(data.to_numpy(), data.obs_names, holder.obs_names)
+    if not (totals and loaded.preprocessing.get("counts")):
+        return observed, None
+    sums = row_sums(data.matrix)[data.rows, None]
+    return observed, align_rows(sums, data.obs_names, holder.obs_names)
+
+
+def _log_normalized(counts: np.ndarray, totals: np.ndarray, target_sum: float) -> np.ndarray:
+    """``log1p(counts / totals * target_sum)``: scanpy's ``normalize_total`` + ``log1p``."""
+    return np.log1p(counts / totals * target_sum)
+
+
+def _reconstruction(
+    holder: AnnData | MuData,
+    record: Mapping[str, Any],
+    key: str,
+    loaded: pipeline.LoadedRun,
+) -> np.ndarray:
+    """Return the reconstruction of every cell of ``holder`` in the model's feature order."""
     features = [str(name) for name in loaded.preprocessing["feature_names"]]
     matrix, columns = read_reconstruction(
         holder,
@@ -126,10 +154,7 @@ def _reconstruction_inputs(
     if (positions < 0).any():
         msg = f"The reconstruction under key {key!r} lacks model features; run tl.predict again."
         raise ValueError(msg)
-    reconstruction = np.asarray(matrix[:, positions], dtype=np.float32)
-    data = loaded.query(adata)
-    observed = align_rows(data.to_numpy(), data.obs_names, holder.obs_names)
-    return observed, reconstruction
+    return np.asarray(matrix[:, positions], dtype=np.float32)
 
 
 def _obsm(holder: AnnData | MuData, name: str, key: str) -> np.ndarray:
@@ -137,6 +162,32 @@ def _obsm(holder: AnnData | MuData, name: str, key: str) -> np.ndarray:
         msg = f"Did not find .obsm[{name!r}]. {_PREDICT_HINT.format(key=key)}."
         raise MissingKeyError(msg)
     return np.asarray(holder.obsm[name], dtype=np.float64)
+
+
+def _unintegrated(
+    holder: AnnData | MuData,
+    name: str | None,
+    model_input: tuple[np.ndarray, np.ndarray | None] | None,
+    target_sum: float,
+) -> np.ndarray:
+    """Return the data before integration: ``.obsm[name]``, or the (log-normalised) model input."""
+    if name is not None:
+        if name not in holder.obsm:
+            msg = (
+                f"Did not find .obsm[{name!r}] (unintegrated=); it holds {sorted(holder.obsm)}. "
+                "Compute it first (e.g. sc.pp.pca(adata) for 'X_pca'), or leave unintegrated=None "
+                "to use the run's model input."
+            )
+            raise MissingKeyError(msg)
+        return np.asarray(holder.obsm[name], dtype=np.float64)
+    observed, totals = model_input
+    return observed if totals is None else _log_normalized(observed, totals, target_sum)
+
+
+def _n_metrics(result: Mapping[str, Any]) -> int:
+    """Count the metrics, those of the ``integration`` sub-dictionary one by one."""
+    nested = result.get("integration", {})
+    return len(result) - ("integration" in result) + len(nested)
 
 
 def _class_order(
@@ -163,6 +214,7 @@ def evaluate(
     metrics: str | Sequence[str] | None = None,
     label_key: str | None = None,
     batch_key: str | None = None,
+    unintegrated: str | None = None,
     mod: Any = UNSET,
     n_neighbors: int = 15,
     clustering: Literal["leiden", "kmeans"] = "leiden",
@@ -177,9 +229,12 @@ def evaluate(
     under ``key`` and computes the metrics of :mod:`scdlkit.evaluation`:
     reconstruction metrics (model input against ``.layers[f"{key}_reconstruction"]``),
     representation metrics of ``.obsm[f"X_{key}"]`` against ``label_key`` (and
-    ``batch_key``), classification metrics of ``.obs[f"{key}_prediction"]``.
-    By default only the held-out test cells are scored; the k-nearest-neighbour
-    classifier of the representation metrics learns from the training cells.
+    ``batch_key``), classification metrics of ``.obs[f"{key}_prediction"]``,
+    and on request the scIB integration metrics of ``.obsm[f"X_{key}"]``
+    (:func:`~scdlkit.evaluation.integration_metrics`: bio conservation, batch
+    correction, total). By default only the held-out test cells are scored; the
+    k-nearest-neighbour classifier of the representation metrics learns from
+    the training cells.
 
     Parameters
     ----------
@@ -193,23 +248,36 @@ def evaluate(
         ``"train"``, ``"val"``, ``"test"``; ``None`` scores every cell.
     metrics
         Metric groups: any of ``"reconstruction"``, ``"representation"``,
-        ``"classification"``. Defaults to reconstruction and representation
-        for autoencoders, classification for classifiers.
+        ``"classification"``, ``"integration"``. Defaults to reconstruction and
+        representation for autoencoders, classification for classifiers;
+        ``"integration"`` (slower: a 90-neighbour graph, kBET, a PCA) only when
+        asked for, and it needs labels and batches. The scib-metrics
+        ``Benchmarker`` scores every cell: pass ``split=None`` to compare with it.
     label_key
         ``.obs`` column with the true labels; defaults to the run's ``label_key``.
     batch_key
-        ``.obs`` column with batches for the batch-mixing metrics; defaults to
-        the run's ``batch_key``.
+        ``.obs`` column with batches for the batch-mixing and integration
+        metrics; defaults to the run's ``batch_key``.
+    unintegrated
+        Integration metrics only: the ``.obsm`` key of the data before
+        integration for ``pcr_comparison`` (e.g. ``"X_pca"``, used as it is).
+        Defaults to the run's model input rebuilt from its bundle; for count
+        models its counts log-normalised as scanpy's ``normalize_total`` (each
+        cell's total over every gene of the matrix, scaled to the run's
+        ``target_sum``) and ``log1p`` do. Reduced to 50 principal components
+        of the scored cells.
     {doc_mod}
         Defaults to where the run was written.
     n_neighbors
-        Neighbours of the kNN classifier and of the Leiden graph.
+        Neighbours of the kNN classifier and of the Leiden graph (representation).
     clustering
-        ``"leiden"`` or ``"kmeans"``, for ARI/NMI against the labels.
+        ``"leiden"`` or ``"kmeans"``, for ARI/NMI against the labels (representation;
+        the integration group uses the ``Benchmarker``'s k-means, 15/50/90
+        neighbours and BRAS).
     resolution
-        Leiden resolution.
+        Leiden resolution (representation).
     seed
-        Seed of clustering and cross-validation.
+        Seed of clustering and cross-validation (every group).
     model
         Only for reconstruction metrics of wrapped/custom modules, whose bundle
         cannot be rebuilt by name: a module of the same architecture (as in
@@ -224,10 +292,14 @@ def evaluate(
         Metric name → value (see :func:`~scdlkit.evaluation.reconstruction_metrics`,
         :func:`~scdlkit.evaluation.representation_metrics`,
         :func:`~scdlkit.evaluation.classification_metrics`); for classifiers also
-        ``classes``, ``per_class`` and ``confusion_matrix``.
+        ``classes``, ``per_class`` and ``confusion_matrix``. The integration group
+        is one sub-dictionary, ``.uns[key]["metrics"]["integration"]``, named as
+        :func:`~scdlkit.evaluation.integration_metrics` names them (its
+        ``silhouette_label`` is rescaled to [0, 1], the representation group's is not).
     ``.uns[key]["evaluate_params"]`` : dict
         ``split``, ``metrics``, ``label_key``, ``batch_key``, ``n_neighbors``,
-        ``clustering``, ``resolution``, ``seed``.
+        ``clustering``, ``resolution``, ``seed``; with integration metrics also
+        ``unintegrated`` (the ``.obsm`` key, or ``"model input"``).
 
     Raises
     ------
@@ -235,7 +307,9 @@ def evaluate(
         No run under ``key``, outputs that :func:`~scdlkit.tl.predict` has not
         written, a missing label/batch/split column.
     ValueError
-        Unknown ``split`` or ``metrics``, classification metrics without labels.
+        Unknown ``split`` or ``metrics``, classification metrics without labels,
+        integration metrics without labels or batches, ``unintegrated`` without
+        integration metrics.
 
     Examples
     --------
@@ -246,6 +320,16 @@ def evaluate(
     >>> scdlkit.tl.evaluate(adata)
     >>> sorted(adata.uns["scdlkit"]["metrics"])[:4]
     ['ari', 'knn_accuracy', 'mae', 'mse']
+
+    Integration metrics of a model trained with batches, on every cell:
+
+    >>> counts = scdlkit.datasets.synthetic_counts(600, 300, n_batches=2, seed=0)
+    >>> scdlkit.tl.fit(counts, "count_vae", batch_key="batch", epochs=5)
+    >>> scdlkit.tl.predict(counts, outputs="latent")
+    >>> scdlkit.tl.evaluate(counts, metrics="integration", label_key="cell_type", split=None)
+    >>> scores = counts.uns["scdlkit"]["metrics"]["integration"]
+    >>> sorted(scores)[:3]
+    ['batch_correction', 'bio_conservation', 'bras']
     """
     from ..evaluation._task import metric_groups, output_metrics
 
@@ -279,13 +363,38 @@ def evaluate(
         )
         raise ValueError(msg)
     batches = None if batch_key is None else column(str(batch_key), "batch_key")
-    inputs: dict[str, Any] = {}
-    if "reconstruction" in groups:
-        inputs["observed"], inputs["reconstruction"] = _reconstruction_inputs(
-            adata, holder, record, key, model
+    integration = "integration" in groups
+    if integration and (labels is None or batches is None):
+        missing = " and ".join(
+            f"{name} (pass {name}=)"
+            for name, values in (("label_key", labels), ("batch_key", batches))
+            if values is None
         )
-    if "representation" in groups:
+        msg = (
+            f"Integration metrics need cell-type labels and batches: the run under {key!r} "
+            f"names no {missing}."
+        )
+        raise ValueError(msg)
+    if unintegrated is not None and not integration:
+        msg = (
+            "unintegrated= is used by the integration metrics only; pass metrics='integration' too."
+        )
+        raise ValueError(msg)
+    inputs: dict[str, Any] = {}
+    loaded = None
+    model_input = None
+    baseline = integration and unintegrated is None  # the model input before integration
+    if "reconstruction" in groups or baseline:
+        loaded = _load_run(record, key, model)
+        model_input = _model_input(adata, holder, loaded, totals=baseline)
+    if "reconstruction" in groups:
+        inputs["observed"] = model_input[0]
+        inputs["reconstruction"] = _reconstruction(holder, record, key, loaded)
+    if "representation" in groups or integration:
         inputs["latent"] = _obsm(holder, latent_key(key), key)
+    if integration:
+        target_sum = 1e4 if loaded is None else loaded.spec.target_sum
+        inputs["unintegrated"] = _unintegrated(holder, unintegrated, model_input, target_sum)
     if "classification" in groups:
         name = f"{key}_prediction"
         if name not in holder.obs.columns:
@@ -303,12 +412,14 @@ def evaluate(
             with_result &= np.isfinite(values).all(axis=1)
     if labels is not None:
         with_result &= pd.notna(labels)
+    if integration:
+        with_result &= pd.notna(batches)
     evaluated &= with_result
     if not evaluated.any():
         msg = f"None of the {scored} has a result under key {key!r}; run scdlkit.tl.predict first."
         raise ValueError(msg)
     selected = {name: values[evaluated] for name, values in inputs.items()}
-    if reference is not None and labels is not None and "latent" in inputs:
+    if reference is not None and labels is not None and "representation" in groups:
         reference &= with_result
         selected["reference_latent"] = inputs["latent"][reference]
         selected["reference_labels"] = labels[reference]
@@ -339,11 +450,13 @@ def evaluate(
         "resolution": resolution,
         "seed": seed,
     }
+    if integration:
+        new_record["evaluate_params"]["unintegrated"] = unintegrated or "model input"
     handler = DataHandler(adata, mod_spec)
     handler.stage("uns", key, new_record)
     handler.commit()
     logg.info(
-        f"    finished: {len(result)} metrics on {int(evaluated.sum())} {scored}",
+        f"    finished: {_n_metrics(result)} metrics on {int(evaluated.sum())} {scored}",
         time=start,
         deep=f"added 'metrics' to uns[{key!r}]",
     )
