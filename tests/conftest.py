@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MPLBACKEND", "agg")
+if "OMP_NUM_THREADS" in os.environ:
+    # scanpy's numba kernels (neighbors, normalize_total) raise OpenMP's thread count, which
+    # torch shares, to every core. One numba thread count for the whole session, set before
+    # numba starts its threads (changing it later raises), and inherited by tutorial kernels.
+    os.environ.setdefault("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import copy
 import warnings

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,6 @@ SHARED_DATA_TUTORIALS = {"integration": "pbmc_3tech_batches_counts.h5ad"}
 def test_tutorial_executes(path, tmp_path, request, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
-    if "OMP_NUM_THREADS" in os.environ:
-        # scanpy's numba kernels (neighbors, normalize_total) raise OpenMP's thread count, which
-        # torch shares, to every core: the kernel keeps the test run's thread limit instead
-        monkeypatch.setenv("NUMBA_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     if path.stem in SHARED_DATA_TUTORIALS:
         folder = request.getfixturevalue("shared_data")  # skips when shared/data is absent
         if not (folder / SHARED_DATA_TUTORIALS[path.stem]).is_file():

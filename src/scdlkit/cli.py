@@ -567,7 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Examples
     --------
-    >>> main(["info", "results.h5ad"])  # doctest: +SKIP
+    >>> import scdlkit
+    >>> scdlkit.datasets.pbmc68k_reduced().write_h5ad("pbmc.h5ad")
+    >>> main(["info", "pbmc.h5ad"])
+    pbmc.h5ad: AnnData with 700 cells x 765 features
+    no scdlkit runs recorded (run `scdlkit fit` or scdlkit.tl.fit first)
     0
     """
     parser = build_parser()

@@ -7,6 +7,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+__all__ = ["pbmc68k_reduced", "synthetic_counts"]
+
 #: Cells generated at once by :func:`synthetic_counts` (bounds its memory).
 _CHUNK_CELLS = 4096
 

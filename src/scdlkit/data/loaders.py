@@ -52,7 +52,9 @@ def shard_bounds(n: int, rank: int, num_replicas: int, *, even: bool) -> tuple[i
     Examples
     --------
     >>> shard_bounds(5, 1, 2, even=True), shard_bounds(5, 1, 2, even=False)
-    ((3, 6), (3, 5))
+    ((3, 6), (2, 5))
+    >>> [shard_bounds(5, rank, 2, even=False) for rank in range(2)]
+    [(0, 2), (2, 5)]
     """
     if even:
         per_rank = -(-n // num_replicas)
@@ -71,8 +73,8 @@ def shard(order: np.ndarray, rank: int, num_replicas: int, *, even: bool) -> np.
     --------
     >>> shard(np.arange(5), 1, 2, even=True)
     array([3, 4, 0])
-    >>> shard(np.arange(5), 1, 2, even=False)
-    array([3, 4])
+    >>> [shard(np.arange(5), rank, 2, even=False) for rank in range(2)]
+    [array([0, 1]), array([2, 3, 4])]
     """
     if num_replicas == 1:
         return order

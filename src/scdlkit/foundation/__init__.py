@@ -5,14 +5,14 @@ checkpoint yourself (a folder with ``args.json``, ``vocab.json`` and
 ``best_model.pt``), point these functions at it, and follow the terms under
 which you obtained it.
 
-==============================  ===================================================
-:func:`load_scgpt`              load and validate a checkpoint (frozen, inference only)
-:func:`scdlkit.tl.embed_scgpt`  frozen ``<cls>`` embeddings into ``.obsm``
-:func:`inspect_annotation_data` gene overlap, values, classes and split, as a report
-:func:`adapt_annotation`        compare adaptation strategies, keep the best
-:class:`AnnotationRunner`       ``predict``, ``annotate_adata``, ``save``, ``load``
-:mod:`.testing`                 tiny random checkpoints in the official format
-==============================  ===================================================
+===============================  ===================================================
+:func:`load_scgpt`               load and validate a checkpoint (frozen, inference only)
+:func:`scdlkit.tl.embed_scgpt`   frozen ``<cls>`` embeddings into ``.obsm``
+:func:`inspect_annotation_data`  gene overlap, values, classes and split, as a report
+:func:`adapt_annotation`         compare adaptation strategies, keep the best
+:class:`AnnotationRunner`        ``predict``, ``annotate_adata``, ``save``, ``load``
+:mod:`.testing`                  tiny random checkpoints in the official format
+===============================  ===================================================
 """
 
 from .annotation import adapt_annotation

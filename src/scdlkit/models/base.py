@@ -206,6 +206,10 @@ class ScdlModel(nn.Module):
         >>> from scdlkit.models import create_model
         >>> model = create_model("autoencoder", input_dim=5)
         >>> model.check_input(torch.zeros(2, 5))
+        >>> model.check_input(torch.zeros(2, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: AutoEncoder expects x as a tensor of shape (n_cells, 5), got shape (2, 4). ...
         """
         input_dim = getattr(self, "input_dim", None)
         if (

@@ -160,11 +160,18 @@ def confusion(
     --------
     >>> import scdlkit
     >>> adata = scdlkit.datasets.pbmc68k_reduced()
-    >>> scdlkit.tl.fit(  # doctest: +SKIP
-    ...     adata, "mlp_classifier", task="classification", label_key="bulk_labels", use_raw=True
+    >>> scdlkit.tl.fit(
+    ...     adata,
+    ...     "mlp_classifier",
+    ...     task="classification",
+    ...     label_key="bulk_labels",
+    ...     use_raw=True,
+    ...     epochs=2,
     ... )
-    >>> scdlkit.tl.predict(adata)  # doctest: +SKIP
-    >>> ax = scdlkit.pl.confusion(adata, split="test", show=False)  # doctest: +SKIP
+    >>> scdlkit.tl.predict(adata)
+    >>> ax = scdlkit.pl.confusion(adata, split="test", show=False)
+    >>> ax.get_title().split(",")[0], ax.get_xlabel(), ax.get_ylabel()
+    ('scdlkit: test cells', 'predicted', 'true (bulk_labels)')
     """
     from sklearn.metrics import confusion_matrix
 

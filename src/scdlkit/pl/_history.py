@@ -119,9 +119,13 @@ def history(
     --------
     >>> import scdlkit
     >>> adata = scdlkit.datasets.pbmc68k_reduced()
-    >>> scdlkit.tl.fit(adata, "vae", use_raw=True, epochs=5)  # doctest: +SKIP
-    >>> ax = scdlkit.pl.history(adata, show=False)  # doctest: +SKIP
-    >>> axes = scdlkit.pl.history(adata, components=True, show=False)  # doctest: +SKIP
+    >>> scdlkit.tl.fit(adata, "vae", use_raw=True, epochs=2)
+    >>> ax = scdlkit.pl.history(adata, show=False)
+    >>> ax.get_xlabel(), ax.get_ylabel(), [line.get_label() for line in ax.get_lines()]
+    ('epoch', 'loss', ['train', 'val', 'best epoch ...'])
+    >>> axes = scdlkit.pl.history(adata, components=True, show=False)
+    >>> [a.get_title() for a in axes]
+    ['loss', 'reconstruction', 'kl']
     """
     _, record = run_record(adata, key, mod, func="history")
     values = get_history(record, key)

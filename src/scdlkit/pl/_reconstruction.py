@@ -179,11 +179,11 @@ def reconstruction(
     --------
     >>> import scdlkit
     >>> adata = scdlkit.datasets.pbmc68k_reduced()
-    >>> scdlkit.tl.fit(adata, "autoencoder", use_raw=True, epochs=5)  # doctest: +SKIP
-    >>> scdlkit.tl.predict(adata)  # doctest: +SKIP
-    >>> axes = scdlkit.pl.reconstruction(
-    ...     adata, genes=["CD79A", "NKG7"], show=False
-    ... )  # doctest: +SKIP
+    >>> scdlkit.tl.fit(adata, "autoencoder", use_raw=True, epochs=2)
+    >>> scdlkit.tl.predict(adata)
+    >>> axes = scdlkit.pl.reconstruction(adata, genes=["CD79A", "NKG7"], show=False)
+    >>> [a.get_title().splitlines()[0] for a in axes], axes[0].get_xlabel(), axes[0].get_ylabel()
+    (['CD79A', 'NKG7'], 'observed', 'reconstructed')
     """
     gene_list = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     if not gene_list:

@@ -132,6 +132,10 @@ class Task:
         >>> from scdlkit.tasks import get_task
         >>> model = create_model("mlp_classifier", input_dim=10, num_classes=3)
         >>> get_task("classification").check_model(model)
+        >>> get_task("classification").check_model(create_model("autoencoder", input_dim=10))
+        Traceback (most recent call last):
+        ...
+        ValueError: AutoEncoder does not support the 'classification' task ...
         """
         model = unwrap_model(model)
         supported = tuple(getattr(model, "supported_tasks", ()) or ())
@@ -168,6 +172,10 @@ class Task:
         >>> import torch
         >>> from scdlkit.tasks import get_task
         >>> get_task("classification").check_batch({"x": torch.zeros(2, 3), "y": torch.zeros(2)})
+        >>> get_task("classification").check_batch({"x": torch.zeros(2, 3)})
+        Traceback (most recent call last):
+        ...
+        ValueError: The 'classification' task needs 'y' in every batch, but the batch has only 'x'. ...
         """
         missing = [key for key in self.required_batch_keys if key not in batch]
         if not missing:

@@ -25,6 +25,14 @@ class Callback:
     ...     def on_epoch_end(self, trainer, logs):
     ...         if logs["train_loss"] < self.threshold:
     ...             trainer.stop_training = True
+    >>> from types import SimpleNamespace
+    >>> trainer = SimpleNamespace(stop_training=False)
+    >>> StopAtLoss(0.5).on_epoch_end(trainer, {"train_loss": 0.8})
+    >>> trainer.stop_training
+    False
+    >>> StopAtLoss(0.5).on_epoch_end(trainer, {"train_loss": 0.4})
+    >>> trainer.stop_training
+    True
     """
 
     def on_fit_start(self, trainer: Trainer) -> None:
