@@ -7,15 +7,12 @@ Subcommands::
     scdlkit info IN.h5ad                             what scdlkit stored in a file
     scdlkit demo                                     a one-minute run on bundled PBMC data
 
-Exit codes: 0 success, 1 a data, key or file problem (one ``error: ...`` line on
-standard error), 2 a usage error, 143 (130 for Ctrl-C) training stopped by
-SIGTERM after writing its state (``scdlkit fit ... --resume`` continues it).
+Exit codes: 0 success, 1 a data/key/file problem (one ``error: ...`` line), 2 a usage
+error, 143 (130: Ctrl-C) stopped by SIGTERM with its state written (``--resume`` continues).
 
-The command is a thin front: ``fit``/``predict`` call :func:`scdlkit.tl.fit` and
-:func:`scdlkit.tl.predict`, run records are found through
-:mod:`scdlkit.data.record`. The package is imported inside the commands, so
-``--help`` and ``--version`` answer without loading torch or scanpy (the
-defaults shown come from the import-free ``scdlkit._defaults``).
+A thin front on :func:`scdlkit.tl.fit`/:func:`scdlkit.tl.predict` and
+:mod:`scdlkit.data.record`; the package is imported inside the commands, so
+``--help`` and ``--version`` answer without loading torch (defaults: ``scdlkit._defaults``).
 """
 
 from __future__ import annotations
