@@ -103,7 +103,10 @@ def _load_run(record: Mapping[str, Any], key: str, model: nn.Module | None) -> p
     """Return the run's bundle (its configuration only; weights are not read)."""
     checkpoint = record.get("checkpoint")
     if not checkpoint:
-        msg = f".uns[{key!r}] names no checkpoint; the model input cannot be rebuilt."
+        msg = (
+            f".uns[{key!r}] names no checkpoint; the model input cannot be rebuilt. Record one "
+            f"with scdlkit.tl.predict(adata, key={key!r}, checkpoint=<bundle path>)."
+        )
         raise MissingKeyError(msg)
     return pipeline.load_run(checkpoint, device="cpu", model=model)
 

@@ -208,12 +208,7 @@ class RunnerPlots(FittedState):
         from ..pl import confusion
 
         self._check_fitted("plot_confusion_matrix()")
-        if self.task != "classification":
-            msg = (
-                "plot_confusion_matrix() needs a classification runner; this one trains "
-                f"{self.model!r} for {self.task!r}."
-            )
-            raise ValueError(msg)
+        self._check_classifies("plot_confusion_matrix()")
         data, cells = self._plot_cells(adata)
         logits = self._outputs(cells, needed=("logits",))["logits"]
         holder = self._holder(cells.obs_names)

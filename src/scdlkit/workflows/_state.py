@@ -135,6 +135,15 @@ class FittedState:
             )
             raise ValueError(msg)
 
+    def _check_classifies(self, method: str) -> None:
+        if self.task != "classification":
+            msg = (
+                f"{method} needs a classification runner; this one trains {self.model!r} for "
+                f"{self.task!r}. Use TaskRunner('mlp_classifier', 'classification', "
+                "label_key=...) for class predictions."
+            )
+            raise ValueError(msg)
+
     def _query(self, adata: AnnData | MuData) -> SplitData:
         """Return every cell of ``adata``, prepared like the training cells."""
         return self._bundle.query(adata)

@@ -351,11 +351,7 @@ class TaskRunner(RunnerPlots):
             The runner does not train a classifier.
         """
         self._check_fitted("predict_proba()")
-        if self.task != "classification":
-            msg = (
-                f"predict_proba() needs a classification runner; this one trains for {self.task!r}."
-            )
-            raise ValueError(msg)
+        self._check_classifies("predict_proba()")
         data = self._query(adata)
         logits = self._outputs(data, needed=("logits",))["logits"]
         probabilities = class_predictions(logits, self.classes_)[0]
