@@ -11,7 +11,10 @@ ROOT = DOCS.parent
 #: The real datasets the integration tutorial reads (never shipped; see tests/conftest.py).
 SHARED_DATA = Path(os.environ.get("SCDLKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 #: Tutorials that read a real dataset from SHARED_DATA, by their file stem.
-SHARED_DATA_TUTORIALS = {"integration": "pbmc_3tech_batches_counts.h5ad"}
+SHARED_DATA_TUTORIALS = {
+    "integration": "pbmc_3tech_batches_counts.h5ad",
+    "reference_mapping": "pbmc_3tech_batches_counts.h5ad",
+}
 
 project = "scdlkit"
 author = "scdlkit developers"

@@ -62,7 +62,7 @@ def test_list_models_is_a_dataframe_of_the_bundled_models():
     assert isinstance(models, pd.DataFrame)
     assert list(models.columns) == ["name", "supported_tasks", "aliases", "description"]
     # count_vae reads raw counts and is tested in test_count_vae.py
-    assert models["name"].tolist() == sorted([*BUNDLED, "count_vae"])
+    assert models["name"].tolist() == sorted([*BUNDLED, "count_vae", "count_scanvi"])
     tasks = dict(zip(models["name"], models["supported_tasks"], strict=True))
     assert tasks["mlp_classifier"] == ("classification",)
     for name in ("autoencoder", "vae", "denoising_autoencoder", "transformer_ae", "count_vae"):

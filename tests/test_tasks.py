@@ -350,7 +350,7 @@ def test_get_task_by_name_and_instance():
 def test_get_task_errors():
     with pytest.raises(
         ValueError,
-        match=r"Unknown task 'clasification'\. Did you mean 'classification'\? Registered tasks: 'classification', 'reconstruction', 'representation'",
+        match=r"Unknown task 'clasification'\. Did you mean 'classification'\? Registered tasks: 'annotation', 'classification', 'reconstruction', 'representation'",
     ):
         get_task("clasification")
     with pytest.raises(
@@ -363,7 +363,7 @@ def test_list_tasks():
     tasks = list_tasks()
     assert isinstance(tasks, pd.DataFrame)
     assert list(tasks.columns) == ["name", "output_keys", "required_batch_keys", "description"]
-    assert tasks["name"].tolist() == ["classification", "reconstruction", "representation"]
+    assert tasks["name"].tolist() == ["annotation", "classification", "reconstruction", "representation"]
     assert tasks.set_index("name").loc["classification", "required_batch_keys"] == ("x", "y")
 
 

@@ -4,7 +4,10 @@ import pytest
 
 TUTORIALS = sorted((Path(__file__).parents[1] / "tutorials").glob("*.md"))
 #: Tutorials that read a real dataset from shared/data (never shipped; see conftest.shared_data).
-SHARED_DATA_TUTORIALS = {"integration": "pbmc_3tech_batches_counts.h5ad"}
+SHARED_DATA_TUTORIALS = {
+    "integration": "pbmc_3tech_batches_counts.h5ad",
+    "reference_mapping": "pbmc_3tech_batches_counts.h5ad",
+}
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])

@@ -109,6 +109,29 @@ class PreparedData:
         }
 
 
+def feature_columns(fields: Fields, features: Sequence[str]) -> np.ndarray:
+    """Source columns of ``features`` (by name).
+
+    Raises
+    ------
+    ValueError
+        Features missing from the data.
+    """
+    wanted = pd.Index([str(name) for name in features])
+    columns = pd.Index(fields.feature_names).get_indexer(wanted)
+    if wanted.empty:
+        msg = "features= is empty; pass the feature names to use (or leave it out)."
+        raise ValueError(msg)
+    if (columns < 0).any():
+        missing = wanted[columns < 0]
+        msg = (
+            f"{fields.source} lacks {len(missing)} of the {len(wanted)} requested features: "
+            f"{format_names(missing)}."
+        )
+        raise ValueError(msg)
+    return columns.astype(np.int64)
+
+
 def raw_counts_message(source: str) -> str:
     """Return the advice given when raw counts meet a squared-error model (``pp.inspect``, ``tl.fit``)."""
     return (
@@ -246,6 +269,7 @@ def prepare_data(
     label_key: str | None = None,
     batch_key: str | None = None,
     split_key: str | None = None,
+    unlabeled_category: str | None = None,
     val_size: float = 0.15,
     test_size: float = 0.15,
     batch_aware_split: bool = False,
@@ -255,6 +279,7 @@ def prepare_data(
     continuous_covariate_keys: Sequence[str] = (),
     seed: int = DEFAULT_SEED,
     random_state: int | None = None,
+    features: Sequence[str] | None = None,
 ) -> PreparedData:
     """Build train/validation/test splits and the feature transform from an AnnData or MuData.
 
@@ -292,6 +317,10 @@ def prepare_data(
         Clip z-scores to this absolute value (``None`` keeps them as they are).
     label_key
         ``.obs`` column with cell labels (classification target; also used to stratify).
+    unlabeled_category
+        Semi-supervised labels: the value of ``label_key`` (such as
+        ``"Unknown"``) that marks unlabelled cells, which get the label code
+        ``-1`` (missing values too); it is not a class.
     batch_key
         ``.obs`` column with batches or other covariates.
     split_key
@@ -314,6 +343,9 @@ def prepare_data(
         Seed of the split; the same seed gives the same split.
     random_state
         Deprecated name of ``seed``.
+    features
+        Use exactly these features, in this order (matched by name; instead of
+        ``use_hvg``), e.g. the genes of a run to start from.
 
     Returns
     -------
@@ -342,8 +374,9 @@ def prepare_data(
     seed = resolve_seed(seed, random_state, where="prepare_data")
     spec = DataSpec(
         layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
-        split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
-        target_sum=target_sum, log1p=log1p, scale=scale, scale_max_value=scale_max_value,
+        split_key=split_key, unlabeled_category=unlabeled_category, use_hvg=use_hvg,
+        n_top_genes=n_top_genes, normalize=normalize, target_sum=target_sum, log1p=log1p,
+        scale=scale, scale_max_value=scale_max_value,
         val_size=val_size, test_size=test_size, batch_aware_split=batch_aware_split,
         stratify=stratify, counts=counts, categorical_covariate_keys=categorical_covariate_keys,
         continuous_covariate_keys=continuous_covariate_keys,
@@ -353,6 +386,9 @@ def prepare_data(
     check_split_sizes(val_size, test_size)
     if batch_aware_split and batch_key is None:
         msg = "batch_aware_split=True needs batch_key= (the column whose batches are held out)."
+        raise ValueError(msg)
+    if features is not None and use_hvg:
+        msg = "features= fixes the genes; leave use_hvg off (or drop features= to select genes)."
         raise ValueError(msg)
     if use_hvg and int(n_top_genes) < 1:
         msg = f"n_top_genes must be a positive integer, got {n_top_genes!r}."
@@ -366,7 +402,11 @@ def prepare_data(
     )
     if counts:
         check_counts(summary, fields.source)
-    label_encoder = None if label_key is None else CategoryEncoder.fit(fields.labels, key=label_key)
+    label_encoder = (
+        None
+        if label_key is None
+        else CategoryEncoder.fit(fields.labels, key=label_key, unlabeled=unlabeled_category)
+    )
     batch_encoder = (
         None if batch_key is None else CategoryEncoder.fit(fields.batches, key=batch_key)
     )
@@ -382,7 +422,9 @@ def prepare_data(
     transform = FeatureTransform(
         fields.matrix.shape[1], normalize=normalize, target_sum=float(target_sum), log1p=log1p
     )
-    if use_hvg and counts:
+    if features is not None:
+        transform = replace(transform, columns=feature_columns(fields, features))
+    elif use_hvg and counts:
         columns = select_hvg_counts(fields, train_rows, fields.batches, int(n_top_genes))
         transform = replace(transform, columns=columns)
     elif use_hvg:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
 from .._errors import MissingKeyError, format_names
 from .counts import Covariates, check_counts, count_inputs
 from .encoders import CategoryEncoder
-from .fields import ModSpec, get_obs_column, resolve_fields
+from .fields import Fields, ModSpec, get_obs_column, resolve_fields
+from .matrix import iter_row_blocks
 from .prepare import validate_values
 from .spec import Preprocessing
 from .split_data import SplitData
@@ -60,6 +65,51 @@ def transform_from_preprocessing(
     )
 
 
+def zero_filled(fields: Fields, features: Sequence[str], min_overlap: float) -> Fields:
+    """Return ``fields`` with exactly ``features`` as columns: missing ones filled with zeros (CSR).
+
+    The present columns are read block by block (backed files too) into a
+    sparse matrix of the query's cells and the model's features; a warning
+    gives the number of missing features.
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``min_overlap`` (a fraction) of ``features`` in the data.
+    """
+    expected = pd.Index([str(name) for name in features])
+    columns = pd.Index(fields.feature_names).get_indexer(expected)
+    present = np.flatnonzero(columns >= 0)
+    overlap = present.shape[0] / max(expected.shape[0], 1)
+    if overlap < min_overlap:
+        msg = (
+            f"{fields.source} has {present.shape[0]} of the {expected.shape[0]} genes of the "
+            f"reference model ({overlap:.0%}), below min_gene_overlap={min_overlap:g}. Check that "
+            "the gene names use the same convention (symbols vs Ensembl IDs) and the species, or "
+            "lower min_gene_overlap if so few shared genes are expected."
+        )
+        raise ValueError(msg)
+    missing = expected.shape[0] - present.shape[0]
+    if missing:
+        warnings.warn(
+            f"{missing} of the {expected.shape[0]} reference genes are missing from "
+            f"{fields.source}; they are filled with zeros.",
+            UserWarning,
+            stacklevel=3,
+        )
+    blocks = []
+    for _, block in iter_row_blocks(fields.matrix):
+        sub = sp.csr_matrix(block)[:, columns[present]]
+        blocks.append(
+            sp.csr_matrix(
+                (sub.data, present[sub.indices], sub.indptr),
+                shape=(sub.shape[0], expected.shape[0]),
+            )
+        )
+    matrix = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, expected.shape[0]))
+    return replace(fields, matrix=matrix, feature_names=expected)
+
+
 def transform_adata(
     adata: AnnData | MuData,
     preprocessing: Preprocessing,
@@ -77,7 +127,9 @@ def transform_adata(
     adata
         AnnData or MuData with the cells to transform.
     preprocessing
-        :attr:`PreparedData.preprocessing` (also stored in checkpoints).
+        :attr:`PreparedData.preprocessing` (also stored in checkpoints). With
+        ``min_feature_overlap`` in it (bundles of :func:`scdlkit.tl.map_query`),
+        missing features are filled with zeros (see :func:`zero_filled`).
     label_encoder, batch_encoder
         Fitted encoders. When the encoder's column exists in ``.obs`` it is
         encoded (values the encoder never saw raise); when it does not, the
@@ -111,6 +163,9 @@ def transform_adata(
     if isinstance(adata, AnnData) and mod is not None:
         mod = None  # trained on one modality of a MuData, applied to that modality's AnnData
     fields = resolve_fields(adata, layer=layer, mod=mod, use_raw=use_raw)
+    min_overlap = preprocessing.get("min_feature_overlap")
+    if min_overlap is not None:
+        fields = zero_filled(fields, preprocessing["feature_names"], float(min_overlap))
     summary = validate_values(
         fields,
         normalize=bool(preprocessing["normalize"]),

@@ -36,6 +36,10 @@ class Preprocessing(TypedDict, total=False):
     scale_mean: list[float] | None
     scale_std: list[float] | None
     scale_max_value: float | None
+    counts: bool
+    covariates: dict[str, Any]
+    #: Reference mapping: fill missing features with zeros, refusing data with a smaller share.
+    min_feature_overlap: float
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class DataSpec:
         Read ``.raw.X``.
     label_key, batch_key, split_key
         ``.obs`` columns with labels, batches and a ``train``/``val``/``test`` split.
+    unlabeled_category
+        Semi-supervised labels: the value of ``label_key`` that marks unlabelled
+        cells (missing values do too); ``None``: every cell must have a label.
     use_hvg, n_top_genes
         Keep the highly variable genes, ranked on the training cells.
     normalize, target_sum, log1p, scale, scale_max_value
@@ -80,6 +87,7 @@ class DataSpec:
     label_key: str | None = None
     batch_key: str | None = None
     split_key: str | None = None
+    unlabeled_category: str | None = None
     use_hvg: bool = False
     n_top_genes: int = 2000
     normalize: bool = False
@@ -106,6 +114,12 @@ class DataSpec:
             msg = (
                 "categorical_covariate_keys / continuous_covariate_keys are inputs of count models "
                 "(e.g. model='count_vae'); other models do not use covariates."
+            )
+            raise ValueError(msg)
+        if self.unlabeled_category is not None and self.label_key is None:
+            msg = (
+                f"unlabeled_category={self.unlabeled_category!r} marks unlabelled cells of the "
+                "label column: pass label_key= too."
             )
             raise ValueError(msg)
 

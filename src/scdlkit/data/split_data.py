@@ -92,6 +92,28 @@ class SplitData(Dataset):
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
+    def subset(self, positions: np.ndarray, name: str) -> SplitData:
+        """Return the cells at ``positions`` (of this split) as a split of their own.
+
+        Examples
+        --------
+        >>> import scdlkit
+        >>> prepared = scdlkit.prepare_data(
+        ...     scdlkit.datasets.pbmc68k_reduced(), label_key="bulk_labels"
+        ... )
+        >>> part = prepared.train.subset(np.arange(10), "part")
+        >>> len(part), bool((part.y == prepared.train.y[:10]).all())
+        (10, True)
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        return SplitData(
+            self.matrix, self.rows[positions], self.transform, name=name,
+            y=None if self.y is None else self.y[positions],
+            batch=None if self.batch is None else self.batch[positions],
+            obs_names=self.source_obs_names,
+            covariates={key: value[positions] for key, value in self.covariates.items()},
+        )  # fmt: skip
+
     @property
     def X(self) -> np.ndarray:  # noqa: N802 (scDLKit 0.1.6 name, like AnnData.X)
         """All cells as a dense float32 array after preprocessing (see :meth:`to_numpy`)."""

@@ -7,6 +7,7 @@ workflows that train and score models (:class:`scdlkit.TaskRunner`,
 :func:`scdlkit.compare_models`) sit above and call these functions.
 """
 
+from ._calibration import calibrated_probabilities, expected_calibration_error, fit_temperature
 from ._classification import classification_metrics
 from ._integration import (
     BATCH_CORRECTION,
@@ -44,10 +45,13 @@ __all__ = [
     "SCIB_COLUMNS",
     "batch_silhouette",
     "bras",
+    "calibrated_probabilities",
     "classification_metrics",
     "clisi_knn",
     "cluster_labels",
     "comparison_rows",
+    "expected_calibration_error",
+    "fit_temperature",
     "graph_connectivity",
     "ilisi",
     "ilisi_knn",

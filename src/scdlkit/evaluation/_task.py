@@ -18,6 +18,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "representation": ("reconstruction", "representation"),
     "reconstruction": ("reconstruction", "representation"),
     "classification": ("classification",),
+    "annotation": ("classification", "representation"),
 }
 #: Every metric group; ``integration`` (scIB, slower) is computed only on request.
 METRIC_GROUPS = ("reconstruction", "representation", "classification", "integration")

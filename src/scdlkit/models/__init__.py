@@ -8,6 +8,8 @@ Bundled models (build them with :func:`create_model`):
 ``denoising_autoencoder``  :class:`DenoisingAutoEncoder`
 ``transformer_ae``         :class:`TransformerAE`
 ``mlp_classifier``         :class:`MLPClassifier`
+``count_vae``              :class:`CountVAE`
+``count_scanvi``           :class:`CountSCANVI`
 =========================  ============================================
 
 The scDLKit 0.1.6 names still work: ``"ae"``, ``"dae"``, ``"classifier"`` and
@@ -18,6 +20,7 @@ The scDLKit 0.1.6 names still work: ``"ae"``, ``"dae"``, ``"classifier"`` and
 
 from .autoencoder import AutoEncoder
 from .base import BaseModel, ScdlModel
+from .count_scanvi import CountSCANVI
 from .count_vae import CountVAE
 from .denoising import DenoisingAutoEncoder
 from .mlp_classifier import MLPClassifier
@@ -37,6 +40,7 @@ __all__ = [
     "VAE",
     "AutoEncoder",
     "BaseModel",
+    "CountSCANVI",
     "CountVAE",
     "DenoisingAutoEncoder",
     "MLPClassifier",

@@ -25,24 +25,39 @@ def one_hots(
     cat_covs: torch.Tensor | None,
     n_batch: int,
     n_cats_per_cov: Sequence[int],
-) -> list[torch.Tensor]:
+    n_batch_extra: int = 0,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """One-hot codes of the batch ``(n,)`` and of each column of ``cat_covs`` ``(n, k)``.
 
     Covariates with fewer than two categories are skipped (:func:`one_hot_width`).
+    Batch codes ``>= n_batch`` are the ``n_batch_extra`` batches added by
+    reference mapping: their one-hot code is returned on its own (second
+    value, ``None`` without them) and the first ``n_batch`` columns of those
+    cells are zero.
 
     Examples
     --------
     >>> import torch
-    >>> [c.shape for c in one_hots(torch.tensor([0, 1]), torch.tensor([[2], [0]]), 2, (3,))]
-    [torch.Size([2, 2]), torch.Size([2, 3])]
+    >>> codes, extra = one_hots(torch.tensor([0, 1]), torch.tensor([[2], [0]]), 2, (3,))
+    >>> [c.shape for c in codes], extra
+    ([torch.Size([2, 2]), torch.Size([2, 3])], None)
+    >>> codes, extra = one_hots(torch.tensor([0, 2]), None, 2, (), n_batch_extra=1)
+    >>> codes[0].tolist(), extra.tolist()
+    ([[1, 0], [0, 0]], [[0], [1]])
     """
     columns = []
-    if one_hot_width(n_batch):
+    extra = None
+    if n_batch_extra:
+        full = F.one_hot(batch, n_batch + n_batch_extra)
+        if one_hot_width(n_batch):
+            columns.append(full[:, :n_batch])
+        extra = full[:, n_batch:]
+    elif one_hot_width(n_batch):
         columns.append(F.one_hot(batch, n_batch))
     for j, n_categories in enumerate(n_cats_per_cov):
         if one_hot_width(n_categories):
             columns.append(F.one_hot(cat_covs[:, j], n_categories))
-    return columns
+    return columns, extra
 
 
 class CovariateLayers(nn.Module):
@@ -68,6 +83,12 @@ class CovariateLayers(nn.Module):
         settings), ``"layer"`` (``LayerNorm`` without affine parameters) or ``"none"``.
     dropout
         Dropout probability after each activation (no layer when 0).
+    n_cov_extra
+        Width of the one-hot code of batches added by reference mapping. Their
+        weights are separate tensors (``extra_weights``, one per layer that
+        gets the covariates, initialised to the mean of the batch columns
+        ``extra_init`` of the layer's weight), so that the reference weights can
+        stay frozen, out of the optimizer, while they train.
 
     Examples
     --------
@@ -86,9 +107,11 @@ class CovariateLayers(nn.Module):
         inject_all: bool,
         norm: str,
         dropout: float,
+        n_cov_extra: int = 0,
     ) -> None:
         super().__init__()
         self.inject = [i == 0 or inject_all for i in range(n_layers)]
+        self.n_cov_extra = n_cov_extra
         blocks = []
         for i in range(n_layers):
             width = (n_in if i == 0 else n_hidden) + (n_cov if self.inject[i] else 0)
@@ -102,13 +125,45 @@ class CovariateLayers(nn.Module):
                 block.append(nn.Dropout(dropout))
             blocks.append(nn.Sequential(*block))
         self.blocks = nn.ModuleList(blocks)
+        self.extra_weights = nn.ParameterList(
+            [nn.Parameter(torch.zeros(n_hidden, n_cov_extra)) for inject in self.inject if inject]
+            if n_cov_extra
+            else []
+        )
 
-    def forward(self, h: torch.Tensor, covariates: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Map ``h`` ``(n, n_in)`` and the one-hot ``covariates`` to ``(n, n_hidden)``."""
+    def extra_init(self, n_batch_columns: int, n_after: int) -> None:
+        """Set every extra batch's weights to the mean of the layer's batch columns.
+
+        The batch one-hot columns of a layer's weight are the ``n_batch_columns``
+        before the last ``n_after`` (the other categorical covariates). A new
+        batch then starts as the average reference batch (used after the
+        reference weights are loaded).
+        """
+        injected = [block for inject, block in zip(self.inject, self.blocks, strict=True) if inject]
+        with torch.no_grad():
+            for block, extra in zip(injected, self.extra_weights, strict=True):
+                end = block[0].weight.shape[1] - n_after
+                columns = block[0].weight[:, end - n_batch_columns : end]
+                mean = columns.mean(dim=1, keepdim=True) if columns.shape[1] else 0.0
+                extra.copy_(torch.zeros_like(extra) + mean)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        covariates: Sequence[torch.Tensor],
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Map ``h`` ``(n, n_in)``, the one-hot ``covariates`` and ``extra`` to ``(n, n_hidden)``."""
+        weights = iter(self.extra_weights)
         for inject, block in zip(self.inject, self.blocks, strict=True):
             if inject and covariates:
                 h = torch.cat([h, *(c.to(h.dtype) for c in covariates)], dim=-1)
-            h = block(h)
+            if inject and extra is not None and self.n_cov_extra:
+                h = block[0](h) + extra.to(h.dtype) @ next(weights).t()
+                for module in block[1:]:
+                    h = module(h)
+            else:
+                h = block(h)
         return h
 
 

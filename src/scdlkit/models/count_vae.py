@@ -10,6 +10,7 @@ from torch import nn
 
 from .base import ScdlModel
 from .count_layers import CovariateLayers, check_count_inputs, one_hot_width, one_hots
+from .count_mapping import ReferenceMapping
 from .layers import check_bool, check_dropout, check_float, check_int
 from .likelihoods import log_nb_positive, log_poisson, log_zinb_positive
 from .registry import register_model
@@ -31,7 +32,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 
 
 @register_model("count_vae")
-class CountVAE(ScdlModel):
+class CountVAE(ReferenceMapping, ScdlModel):
     """Variational autoencoder of raw counts with batch covariates: the scVI architecture.
 
     The model of scVI (Lopez et al. 2018, *Nat Methods* 15:1053), laid out as
@@ -93,6 +94,11 @@ class CountVAE(ScdlModel):
         Warm-up length of the ``"steps"`` schedule (``0``: full weight from the start).
     kl_warmup_epochs
         Warm-up length of the ``"scvi"`` schedule (scvi-tools' ``n_epochs_kl_warmup``).
+    n_batch_extra
+        Batches added by reference mapping (:func:`scdlkit.tl.map_query`), coded
+        ``n_batch ..`` after the reference batches. Their one-hot weights (and
+        dispersions with ``"gene-batch"``) are separate parameters, so that
+        :meth:`freeze_reference` can train them alone.
 
     Examples
     --------
@@ -129,6 +135,7 @@ class CountVAE(ScdlModel):
         kl_schedule: str = "steps",
         kl_warmup_steps: int = 2000,
         kl_warmup_epochs: int = 400,
+        n_batch_extra: int = 0,
     ) -> None:
         super().__init__()
         self.input_dim = check_int("input_dim", input_dim)
@@ -155,6 +162,11 @@ class CountVAE(ScdlModel):
         self.kl_schedule = _check_choice("kl_schedule", kl_schedule, KL_SCHEDULES)
         self.kl_warmup_steps = check_int("kl_warmup_steps", kl_warmup_steps, minimum=0)
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", kl_warmup_epochs, minimum=0)
+        self.n_batch_extra = check_int("n_batch_extra", n_batch_extra, minimum=0)
+        if self.n_batch_extra and self.n_batch < 1:
+            msg = "n_batch_extra adds batches to a model with batches: n_batch must be >= 1."
+            raise ValueError(msg)
+        self.frozen_norms = False
         if self.dispersion == "gene-batch" and self.likelihood == "poisson":
             msg = "dispersion='gene-batch' needs likelihood='nb' or 'zinb'; the Poisson has no dispersion."
             raise ValueError(msg)
@@ -171,13 +183,15 @@ class CountVAE(ScdlModel):
         }
         encoder_in = self.input_dim + self.n_continuous_cov * self.encode_covariates
         self.encoder = CovariateLayers(
-            encoder_in, n_cov=n_cov * self.encode_covariates, dropout=self.dropout, **shared
-        )
+            encoder_in, n_cov=n_cov * self.encode_covariates, dropout=self.dropout,
+            n_cov_extra=self.n_batch_extra * self.encode_covariates, **shared,
+        )  # fmt: skip
         self.mean_encoder = nn.Linear(self.n_hidden, self.n_latent)
         self.var_encoder = nn.Linear(self.n_hidden, self.n_latent)
         self.decoder = CovariateLayers(
-            self.n_latent + self.n_continuous_cov, n_cov=n_cov, dropout=0.0, **shared
-        )
+            self.n_latent + self.n_continuous_cov, n_cov=n_cov, dropout=0.0,
+            n_cov_extra=self.n_batch_extra, **shared,
+        )  # fmt: skip
         self.px_scale_decoder = nn.Linear(self.n_hidden, self.input_dim)
         if self.likelihood == "zinb":
             self.px_dropout_decoder = nn.Linear(self.n_hidden, self.input_dim)
@@ -188,6 +202,8 @@ class CountVAE(ScdlModel):
                 else (self.input_dim,)
             )
             self.px_r = nn.Parameter(torch.randn(shape))
+        if self.dispersion == "gene-batch" and self.n_batch_extra:
+            self.px_r_extra = nn.Parameter(torch.zeros(self.input_dim, self.n_batch_extra))
         self.register_buffer("kl_step", torch.zeros((), dtype=torch.long))
         self.epoch_kl_weight = 0.0
         self.on_epoch_start(0)
@@ -250,10 +266,15 @@ class CountVAE(ScdlModel):
 
     # -- network --------------------------------------------------------------------------
 
+    @property
+    def n_batch_total(self) -> int:
+        """Number of batch codes the model takes: the reference batches plus :attr:`n_batch_extra`."""
+        return self.n_batch + self.n_batch_extra
+
     def _one_hots(
         self, batch: torch.Tensor | None, cat_covs: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        return one_hots(batch, cat_covs, self.n_batch, self.n_cats_per_cov)
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        return one_hots(batch, cat_covs, self.n_batch, self.n_cats_per_cov, self.n_batch_extra)
 
     def _inputs(
         self,
@@ -265,7 +286,7 @@ class CountVAE(ScdlModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         self.check_input(x)
         library, batch = check_count_inputs(
-            x, library, batch, cat_covs, cont_covs, n_batch=self.n_batch,
+            x, library, batch, cat_covs, cont_covs, n_batch=self.n_batch_total,
             n_cats_per_cov=self.n_cats_per_cov, n_continuous_cov=self.n_continuous_cov,
         )  # fmt: skip
         return library, batch, cat_covs, cont_covs
@@ -280,11 +301,12 @@ class CountVAE(ScdlModel):
         """Mean and variance of ``q(z | x)``, each ``(n, n_latent)`` (inputs already checked)."""
         h = torch.log1p(x)
         covariates: list[torch.Tensor] = []
+        extra = None
         if self.encode_covariates:
             if self.n_continuous_cov:
                 h = torch.cat([h, cont_covs.to(h.dtype)], dim=-1)
-            covariates = self._one_hots(batch, cat_covs)
-        hidden = self.encoder(h, covariates)
+            covariates, extra = self._one_hots(batch, cat_covs)
+        hidden = self.encoder(h, covariates, extra)
         return self.mean_encoder(hidden), torch.exp(self.var_encoder(hidden).float()) + VAR_EPS
 
     def decode(
@@ -297,11 +319,15 @@ class CountVAE(ScdlModel):
     ) -> dict[str, torch.Tensor]:
         """Likelihood parameters ``px_scale``, ``px_rate``, and ``px_r`` / ``px_dropout`` when used."""
         h = z if not self.n_continuous_cov else torch.cat([z, cont_covs.to(z.dtype)], dim=-1)
-        hidden = self.decoder(h, self._one_hots(batch, cat_covs))
+        hidden = self.decoder(h, *self._one_hots(batch, cat_covs))
         px_scale = torch.softmax(self.px_scale_decoder(hidden).float(), dim=-1)
         out = {"px_scale": px_scale, "px_rate": library.float() * px_scale}
         if self.likelihood != "poisson":
-            px_r = self.px_r.t()[batch] if self.dispersion == "gene-batch" else self.px_r
+            px_r = self.px_r
+            if self.dispersion == "gene-batch":
+                if self.n_batch_extra:
+                    px_r = torch.cat([px_r, self.px_r_extra], dim=1)
+                px_r = px_r.t()[batch]
             out["px_r"] = torch.exp(px_r.float())
         if self.likelihood == "zinb":
             out["px_dropout"] = self.px_dropout_decoder(hidden).float()
@@ -424,9 +450,9 @@ class CountVAE(ScdlModel):
             msg = "transform_batch needs a model built with batches (n_batch >= 1)."
             raise ValueError(msg)
         valid = all(isinstance(c, Integral) and not isinstance(c, bool) for c in codes)
-        if not codes or not valid or not all(0 <= int(c) < self.n_batch for c in codes):
+        if not codes or not valid or not all(0 <= int(c) < self.n_batch_total for c in codes):
             msg = (
-                f"transform_batch must be a batch code in 0..{self.n_batch - 1} or a non-empty "
+                f"transform_batch must be a batch code in 0..{self.n_batch_total - 1} or a non-empty "
                 f"list of them, got {transform_batch!r}."
             )
             raise ValueError(msg)

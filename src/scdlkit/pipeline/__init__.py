@@ -13,7 +13,15 @@ Data flows down once (a :class:`~scdlkit.data.DataSpec` and
 (a :class:`FittedRun` or :class:`LoadedRun` → arrays the fronts write).
 """
 
-from .build import build_model, check_labels, data_spec_for, input_kind, model_name, resolve_task
+from .build import (
+    LABEL_TASKS,
+    build_model,
+    check_labels,
+    data_spec_for,
+    input_kind,
+    model_name,
+    resolve_task,
+)
 from .fit import (
     DEFAULT_CHECKPOINT_DIR,
     FittedRun,
@@ -23,6 +31,7 @@ from .fit import (
     train,
     warn_raw_counts,
 )
+from .initialize import source_run
 from .load import (
     DEFAULT_OUTPUTS,
     EXPRESSION_OUTPUTS,
@@ -31,9 +40,12 @@ from .load import (
     LoadedRun,
     load_run,
     requested_outputs,
+    run_checkpoint,
 )
+from .mapping import map_query, reference_path
 
 __all__ = [
+    "LABEL_TASKS",
     "DEFAULT_CHECKPOINT_DIR",
     "DEFAULT_OUTPUTS",
     "EXPRESSION_OUTPUTS",
@@ -48,10 +60,14 @@ __all__ = [
     "fit",
     "input_kind",
     "load_run",
+    "map_query",
     "model_name",
+    "reference_path",
     "requested_outputs",
     "resolve_task",
+    "run_checkpoint",
     "save_run",
+    "source_run",
     "train",
     "warn_raw_counts",
 ]

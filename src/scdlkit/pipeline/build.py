@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .._errors import format_names
@@ -34,12 +35,42 @@ def data_spec_for(model: str | nn.Module, spec: DataSpec | None) -> DataSpec:
     return spec
 
 
+#: Tasks whose models predict the classes of ``label_key``.
+LABEL_TASKS = ("classification", "annotation")
+
+
+def accepted_options(cls: type) -> set[str]:
+    """Return the constructor options of ``cls``, following ``**kwargs`` up to the parent classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names |= {
+            p.name
+            for p in parameters
+            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names - {"self"}
+
+
+def observed_classes(prepared: PreparedData) -> list[int] | None:
+    """Codes of the classes with a labelled training cell, or ``None`` when every class has one."""
+    codes = np.unique(prepared.train.y)
+    codes = codes[codes >= 0]
+    return None if codes.shape[0] == prepared.label_encoder.n_categories else codes.tolist()
+
+
 def _data_sized_kwargs(model: str, prepared: PreparedData, task: str) -> dict[str, Any]:
     """Return the constructor options the data decides (classes, batches, covariates)."""
-    accepted = inspect.signature(get_model_class(model)).parameters
+    accepted = accepted_options(get_model_class(model))
     sized: dict[str, Any] = {}
-    if task == "classification":
+    if task in LABEL_TASKS:
         sized["num_classes"] = prepared.label_encoder.n_categories
+    if "observed_classes" in accepted and task in LABEL_TASKS:
+        sized["observed_classes"] = observed_classes(prepared)
     if "n_batch" in accepted and prepared.batch_encoder is not None:
         sized["n_batch"] = prepared.batch_encoder.n_categories
     if "n_cats_per_cov" in accepted and prepared.covariates.categorical:
@@ -83,12 +114,25 @@ def resolve_task(model: str | nn.Module, task: str | None) -> str:
 
 
 def check_labels(task: str, prepared: PreparedData) -> None:
-    """Refuse classification without labels or with a single class."""
-    if task != "classification":
+    """Refuse classification/annotation without labels, with a single class or no labelled training cell."""
+    if task not in LABEL_TASKS:
         return
     label_key = prepared.spec.label_key
     if prepared.label_encoder is None:
-        msg = "task='classification' needs label_key= (the .obs column with the cell labels)."
+        msg = f"task={task!r} needs label_key= (the .obs column with the cell labels)."
+        raise ValueError(msg)
+    if task == "classification" and prepared.label_encoder.unlabeled is not None:
+        msg = (
+            "unlabeled_category marks cells without a label, which only semi-supervised models "
+            "learn from: use model='count_scanvi' (task 'annotation'), or drop the unlabelled "
+            "cells for a classifier."
+        )
+        raise ValueError(msg)
+    if not (prepared.train.y >= 0).any():
+        msg = (
+            f"No training cell has a label in {label_key!r} (all are "
+            f"{prepared.label_encoder.unlabeled!r} or missing); label some training cells."
+        )
         raise ValueError(msg)
     if prepared.label_encoder.n_categories < 2:
         msg = (

@@ -27,9 +27,19 @@ from ..data.prepare import raw_counts_message
 from ..data.record import history_record
 from ..data.spec import DataSpec
 from ..train import Trainer
+from ..train.bundle import read_config
 from ..train.options import TrainerOptions
 from ..train.state import STATE_FOLDER, find_state, is_state, list_states
 from .build import build_model, check_labels, data_spec_for, model_name, resolve_task
+from .calibrate import calibrate
+from .initialize import (
+    check_source_data,
+    initialized_kwargs,
+    initialized_spec,
+    load_source_weights,
+    source_run,
+)
+from .load import LoadedRun
 
 DEFAULT_CHECKPOINT_DIR = "scdlkit_checkpoints"
 _TIMESTAMP = r"\d{8}-\d{6}-\d{6}"
@@ -55,6 +65,10 @@ class FittedRun:
         Wall-clock seconds of training.
     checkpoint
         The bundle, once :func:`save_run` has written it.
+    calibration
+        The temperature scaling of a classifier's logits (:func:`~scdlkit.pipeline.calibrate.calibrate`).
+    init_from
+        The bundle whose weights the model started from.
     """
 
     trainer: Trainer
@@ -64,11 +78,32 @@ class FittedRun:
     model_kwargs: dict[str, Any]
     seconds: float
     checkpoint: Path | None = None
+    calibration: dict[str, Any] | None = None
+    init_from: Path | None = None
 
     @property
     def is_main_process(self) -> bool:
         """Whether this process writes files (all but ranks > 0 under ``torchrun``)."""
         return self.trainer.is_main_process
+
+    def loaded(self) -> LoadedRun:
+        """View the saved run as a :class:`LoadedRun`, keeping its trainer (no reload).
+
+        Raises
+        ------
+        ValueError
+            The run has not been saved (:func:`save_run`) yet.
+        """
+        if self.checkpoint is None:
+            msg = "The run has no bundle yet; save it with pipeline.save_run(run, path) first."
+            raise ValueError(msg)
+        loaded = LoadedRun(
+            path=self.checkpoint,
+            config=read_config(self.checkpoint),
+            device=str(self.trainer.device),
+        )
+        loaded.__dict__["trainer"] = self.trainer  # fills the cached property
+        return loaded
 
     def params(self, options: TrainerOptions, given: Collection[str] = ()) -> dict[str, Any]:
         """Return the run's parameters as recorded in ``.uns[key]["params"]`` and in the bundle.
@@ -107,6 +142,12 @@ class FittedRun:
         if encoder is not None:
             record["label_key"] = encoder.key
             record["label_categories"] = list(encoder.categories)
+            if encoder.unlabeled is not None:
+                record["unlabeled_category"] = encoder.unlabeled
+        if self.calibration is not None:
+            record["calibration"] = dict(self.calibration)
+        if self.init_from is not None:
+            record["init_from"] = str(self.init_from)
         return record
 
 
@@ -124,18 +165,27 @@ def train(
     model_kwargs: Mapping[str, Any] | None = None,
     options: TrainerOptions | None = None,
     resume_from: str | os.PathLike | None = None,
+    init_from: LoadedRun | None = None,
 ) -> FittedRun:
     """Build the model for ``prepared`` and train it with the :class:`~scdlkit.Trainer`.
 
-    The seed of ``options`` also fixes the initial weights; ``resume_from`` (a
-    training state, see :func:`resume_point`) continues a stopped run instead.
+    The seed of ``options`` also fixes the initial weights; ``init_from`` (a
+    trained run on the same genes and batches) gives them instead, and
+    ``resume_from`` (a training state, see :func:`resume_point`) continues a
+    stopped run. Models with a ``temperature`` are calibrated on the validation
+    cells afterwards.
     """
     options = options or TrainerOptions()
     task_name = resolve_task(model, task)
     check_labels(task_name, prepared)
+    if init_from is not None:
+        check_source_data(prepared, init_from)
+        model_kwargs = initialized_kwargs(init_from, model_kwargs)
     module = build_model(
         model, prepared, task=task_name, model_kwargs=model_kwargs, seed=options.seed
     )
+    if init_from is not None:
+        load_source_weights(module, init_from)
     warn_raw_counts(prepared, module)
     trainer = Trainer.from_options(module, task or task_name, options)
     started = time.perf_counter()
@@ -149,6 +199,8 @@ def train(
         task=task_name,
         model_kwargs=dict(model_kwargs or {}),
         seconds=time.perf_counter() - started,
+        calibration=calibrate(trainer, prepared.val),
+        init_from=None if init_from is None else init_from.path,
     )
 
 
@@ -161,16 +213,22 @@ def fit(
     model_kwargs: Mapping[str, Any] | None = None,
     options: TrainerOptions | None = None,
     resume_from: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | None = None,
 ) -> FittedRun:
     """Prepare ``adata`` as ``spec`` says and :func:`train` a model on it (only states are written).
 
     The task is checked against the model before any data is read; the split
-    uses the seed of ``options``.
+    uses the seed of ``options``. ``init_from`` (a run key of ``adata.uns`` or a
+    bundle) starts from that run's weights, reading the data as it did, on its genes.
     """
     options = options or TrainerOptions()
     resolve_task(model, task)
     spec = data_spec_for(model, spec)
-    prepared = prepare_data(adata, **spec.to_kwargs(), seed=options.seed)
+    source = None if init_from is None else source_run(adata, init_from)
+    features = None
+    if source is not None:
+        spec, features = initialized_spec(spec, source), source.config["feature_names"]
+    prepared = prepare_data(adata, **spec.to_kwargs(), seed=options.seed, features=features)
     return train(
         prepared,
         model,
@@ -178,6 +236,7 @@ def fit(
         model_kwargs=model_kwargs,
         options=options,
         resume_from=resume_from,
+        init_from=source,
     )
 
 
@@ -245,10 +304,13 @@ def save_run(
     include_training_state: bool = True,
 ) -> Path:
     """Write the run's bundle (best weights, data spec, preprocessing, encoders); return its path."""
+    metadata = dict(metadata or {})
+    if run.calibration is not None:
+        metadata["calibration"] = dict(run.calibration)
     run.checkpoint = run.trainer.save_checkpoint(
         path,
         prepared=run.prepared,
-        metadata=dict(metadata or {}),
+        metadata=metadata,
         overwrite=overwrite,
         include_training_state=include_training_state,
     ).resolve()

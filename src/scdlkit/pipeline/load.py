@@ -14,14 +14,14 @@ from anndata import AnnData
 from mudata import MuData
 from torch import nn
 
-from .._errors import format_names
+from .._errors import MissingKeyError, format_names
 from ..data import CategoryEncoder, SplitData, transform_adata
 from ..data.fields import ModSpec
+from ..data.record import record_holder
 from ..data.spec import DataSpec, Preprocessing
 from ..train import Trainer
 from ..train.bundle import read_config
 from ..train.collect import collect_predictions
-from .fit import FittedRun
 
 OUTPUTS: dict[str, str | None] = {
     "latent": "latent",
@@ -42,6 +42,7 @@ DEFAULT_OUTPUTS = {
     "representation": ("latent", "reconstruction"),
     "reconstruction": ("latent", "reconstruction"),
     "classification": ("latent", "logits", "probabilities", "prediction"),
+    "annotation": ("latent", "logits", "probabilities", "prediction"),
 }
 
 
@@ -69,24 +70,6 @@ class LoadedRun:
     config: dict[str, Any]
     device: str = "auto"
     module: nn.Module | None = None
-
-    @classmethod
-    def from_fitted(cls, run: FittedRun) -> LoadedRun:
-        """View a saved :class:`FittedRun` as a loaded one, keeping its trainer (no reload).
-
-        Raises
-        ------
-        ValueError
-            The run has not been saved (:func:`save_run`) yet.
-        """
-        if run.checkpoint is None:
-            msg = "The run has no bundle yet; save it with pipeline.save_run(run, path) first."
-            raise ValueError(msg)
-        loaded = cls(
-            path=run.checkpoint, config=read_config(run.checkpoint), device=str(run.trainer.device)
-        )
-        loaded.__dict__["trainer"] = run.trainer  # fills the cached property
-        return loaded
 
     @cached_property
     def trainer(self) -> Trainer:
@@ -264,6 +247,30 @@ def transform_batch_names(transform_batch: object) -> list[str]:
     return [str(name) for name in names]
 
 
+def run_checkpoint(
+    adata: AnnData | MuData | None, key: str, checkpoint: str | Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Return the bundle of the run recorded under ``adata.uns[key]`` (or ``checkpoint``) and the record.
+
+    Raises
+    ------
+    MissingKeyError
+        No ``checkpoint`` and no run record under ``key``.
+    """
+    record = None if adata is None else record_holder(adata, key).uns.get(key)
+    record = dict(record) if isinstance(record, dict) else {}
+    if checkpoint is None:
+        if "checkpoint" not in record:
+            msg = (
+                f"Did not find a scdlkit run under .uns[{key!r}]. Run scdlkit.tl.fit(adata, ..., "
+                f"key_added={key!r}) first, pass key= of an earlier run, or checkpoint=<path> of a "
+                "trained model."
+            )
+            raise MissingKeyError(msg)
+        checkpoint = record["checkpoint"]
+    return Path(str(checkpoint)), record
+
+
 def load_run(
     path: str | Path,
     *,
@@ -286,8 +293,8 @@ def load_run(
     path = Path(str(path))
     if not path.is_dir():
         msg = (
-            f"The checkpoint {str(path)!r} does not exist (moved or deleted?). Pass checkpoint=<new "
-            "location> to predict with it."
+            f"The checkpoint {str(path)!r} does not exist (moved or deleted?). Pass its new "
+            "location (checkpoint= of tl.predict, the reference of tl.map_query)."
         )
         raise FileNotFoundError(msg)
     config = read_config(path)

@@ -70,6 +70,8 @@ def _confusion_inputs(
         data, target, label_key, hint="Pass label_key= with the column of true labels"
     )
     keep = predicted.notna().to_numpy() & truth.notna().to_numpy()
+    if record.get("unlabeled_category") is not None:  # semi-supervised runs: no truth to count
+        keep &= truth.astype(str).to_numpy() != str(record["unlabeled_category"])
     if split is not None:
         if split not in _SPLITS:
             msg = f"split must be one of {format_names(_SPLITS)} or None, got {split!r}."

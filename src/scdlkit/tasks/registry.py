@@ -8,6 +8,7 @@ from typing import TypeVar
 import pandas as pd
 
 from .._errors import format_names
+from .annotation import AnnotationTask
 from .base import Task
 from .classification import ClassificationTask
 from .reconstruction import ReconstructionTask
@@ -119,8 +120,8 @@ def list_tasks() -> pd.DataFrame:
 
     Examples
     --------
-    >>> list_tasks()["name"].tolist()[:3]
-    ['classification', 'reconstruction', 'representation']
+    >>> list_tasks()["name"].tolist()[:4]
+    ['annotation', 'classification', 'reconstruction', 'representation']
     """
     rows = [
         {
@@ -134,5 +135,5 @@ def list_tasks() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "output_keys", "required_batch_keys", "description"])
 
 
-for _task in (RepresentationTask, ReconstructionTask, ClassificationTask):
+for _task in (RepresentationTask, ReconstructionTask, ClassificationTask, AnnotationTask):
     register_task(_task)

@@ -415,6 +415,10 @@ def evaluate(
             with_result &= np.isfinite(values).all(axis=1)
     if labels is not None:
         with_result &= pd.notna(labels)
+        if record.get("unlabeled_category") is not None:  # semi-supervised runs: no truth to score
+            with_result &= pd.Series(labels).astype(str).to_numpy() != str(
+                record["unlabeled_category"]
+            )
     if integration:
         with_result &= pd.notna(batches)
     evaluated &= with_result

@@ -43,6 +43,7 @@ def fit(
     label_key: str | None = None,
     batch_key: str | None = None,
     split_key: str | None = None,
+    unlabeled_category: str | None = None,
     use_hvg: bool = False,
     n_top_genes: int = 2000,
     normalize: bool = False,
@@ -61,6 +62,7 @@ def fit(
     device: str = "auto",
     seed: int = DEFAULT_SEED,
     resume: bool | str | Path = False,
+    init_from: str | Path | None = None,
     copy: bool = False,
     **trainer_kwargs: Any,
 ) -> AnnData | MuData | None:
@@ -78,11 +80,12 @@ def fit(
     {doc_adata}
     model
         A registry name (``"vae"``, ``"autoencoder"``, ``"denoising_autoencoder"``,
-        ``"transformer_ae"``, ``"mlp_classifier"``, see :func:`scdlkit.list_models`),
-        a model instance, or a wrapped module (:mod:`scdlkit.adapters`).
+        ``"transformer_ae"``, ``"mlp_classifier"``, ``"count_vae"``,
+        ``"count_scanvi"``, see :func:`scdlkit.list_models`), a model instance,
+        or a wrapped module (:mod:`scdlkit.adapters`).
     task
-        ``"representation"``, ``"reconstruction"`` or ``"classification"``;
-        defaults to the model's first supported task.
+        ``"representation"``, ``"reconstruction"``, ``"classification"`` or
+        ``"annotation"``; defaults to the model's first supported task.
     {doc_layer}
     {doc_mod}
     use_raw
@@ -95,6 +98,10 @@ def fit(
     split_key
         ``.obs`` column with ``train``/``val``/``test`` per cell; without it a
         stratified split is drawn and written to ``.obs[f"{key_added}_split"]``.
+    unlabeled_category
+        Semi-supervised annotation (``"count_scanvi"``): the value of
+        ``label_key`` that marks unlabelled cells (missing values do too), such
+        as ``"Unknown"``. They shape the latent space but not the classifier.
     use_hvg, n_top_genes, normalize, log1p, scale, val_size, test_size
         Passed to :func:`~scdlkit.prepare_data` (applied per minibatch; the
         data in ``adata`` is not changed). Count models (``"count_vae"``) read
@@ -122,6 +129,11 @@ def fit(
         or bundle. The result equals an uninterrupted run (same epochs, history
         and weights on CPU); a run with other data, model or settings is
         refused, naming what differs. See :doc:`/resume`.
+    init_from
+        Start from the weights of a trained count model (scANVI from scVI): the
+        ``key_added`` of a run recorded in ``adata`` or a checkpoint path. The
+        data is read as that run read it (layer, batches, covariates) on its
+        genes, and its architecture options are the defaults of ``model_kwargs``.
     {doc_copy}
     **trainer_kwargs
         Further :class:`~scdlkit.Trainer` options (``early_stopping_patience``,
@@ -148,7 +160,10 @@ def fit(
         ``params``, ``history`` (1-D arrays per column), ``checkpoint`` (path),
         ``model``, ``model_config``, ``task``, ``label_key`` and
         ``label_categories`` (with labels), ``best_epoch``, ``best_loss``,
-        ``epochs_run``, ``version``.
+        ``epochs_run``, ``version``; for ``"count_scanvi"`` also
+        ``calibration`` (the temperature fitted on the labelled validation
+        cells and the expected calibration error before/after) and
+        ``unlabeled_category``/``init_from`` when given.
 
     Examples
     --------
@@ -166,8 +181,9 @@ def fit(
     handler = DataHandler(adata, mod)
     spec = DataSpec(
         layer=layer, mod=mod, use_raw=use_raw, label_key=label_key, batch_key=batch_key,
-        split_key=split_key, use_hvg=use_hvg, n_top_genes=n_top_genes, normalize=normalize,
-        log1p=log1p, scale=scale, val_size=val_size, test_size=test_size,
+        split_key=split_key, unlabeled_category=unlabeled_category, use_hvg=use_hvg,
+        n_top_genes=n_top_genes, normalize=normalize, log1p=log1p, scale=scale,
+        val_size=val_size, test_size=test_size,
         counts=pipeline.input_kind(model) == "counts",
         categorical_covariate_keys=categorical_covariate_keys,
         continuous_covariate_keys=continuous_covariate_keys,
@@ -188,7 +204,7 @@ def fit(
     try:
         run = pipeline.fit(
             adata, model, task=task, spec=spec, model_kwargs=model_kwargs, options=options,
-            resume_from=resume_from,
+            resume_from=resume_from, init_from=init_from,
         )  # fmt: skip
     except TrainingInterrupted as stopped:
         hint = f"Resume with the same tl.fit call and resume=True (or resume={str(run_dir)!r})."

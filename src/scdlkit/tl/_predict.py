@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 from anndata import AnnData
 from mudata import MuData
 from scanpy import logging as logg
@@ -15,65 +13,16 @@ from torch import nn
 
 from .. import pipeline
 from .._docs import doc_adata, doc_copy, doc_mod, doc_params
-from .._errors import MissingKeyError
-from .._version import __version__
 from ..data.fields import ModSpec
 from ..data.handler import DataHandler, check_writable
 from ..data.record import (
-    align_rows,
-    latent_key,
-    reconstruction_key,
-    reconstruction_location,
     record_holder,
 )
-from ..evaluation._probabilities import predicted_codes, softmax
-from ..pipeline.load import transform_batch_names
 from ..train.distributed import is_main_process
+from ._outputs import stage_outputs
 
 #: Marks ``mod``/``layer`` arguments left to what the model was trained on.
 UNSET: Any = pipeline.TRAINED
-
-
-def _stage_genes(
-    handler: DataHandler,
-    prefix: str,
-    name: str,
-    values: np.ndarray,
-    features: list[str],
-    record: dict,
-) -> str:
-    """Stage a cells x model-genes output where :func:`~scdlkit.data.record.reconstruction_location` says."""
-    target = handler.target
-    record["reconstruction_features"] = features
-    slot, positions = reconstruction_location(target, prefix, features)
-    if slot == "obsm":
-        handler.stage("obsm", name, values)
-        return f"'{name}' (obsm; its features are in uns['{prefix}']['reconstruction_features'])"
-    n_vars = target.var_names.shape[0]
-    if positions.shape[0] == n_vars and np.array_equal(positions, np.arange(n_vars)):
-        layer = values
-    else:
-        layer = np.full((values.shape[0], n_vars), np.nan, dtype=np.float32)
-        layer[:, positions] = values
-    handler.stage("layers", name, layer)
-    return f"'{name}' (layers)"
-
-
-def _checkpoint_of(
-    holder: AnnData | MuData, key: str, checkpoint: str | Path | None
-) -> tuple[Path, dict]:
-    record = holder.uns.get(key)
-    record = record if isinstance(record, dict) else {}
-    if checkpoint is None:
-        if "checkpoint" not in record:
-            msg = (
-                f"Did not find a scdlkit run under .uns[{key!r}]. Run scdlkit.tl.fit(adata, ..., "
-                f"key_added={key!r}) first, pass key= of an earlier run, or checkpoint=<path> of a "
-                "trained model."
-            )
-            raise MissingKeyError(msg)
-        checkpoint = record["checkpoint"]
-    return Path(str(checkpoint)), record
 
 
 @doc_params(doc_adata=doc_adata, doc_mod=doc_mod, doc_copy=doc_copy)
@@ -186,7 +135,7 @@ def predict(
     prefix = key_added or key
     start = logg.info(f"predicting with scdlkit run {key!r}")
     holder = record_holder(adata, key, None if mod is UNSET else mod)
-    path, record = _checkpoint_of(holder, key, checkpoint)
+    path, record = pipeline.run_checkpoint(holder, key, checkpoint)
     loaded = pipeline.load_run(path, device=device, model=model)
     preprocessing = loaded.preprocessing
     mod = preprocessing.get("mod") if mod is UNSET else mod
@@ -204,89 +153,12 @@ def predict(
             "    backed AnnData: the reconstruction (dense cells x genes) is not computed by default; "
             "pass outputs=[..., 'reconstruction'] to write it"
         )
-    data = loaded.query(adata, layer=layer, mod=mod)
-    needed = {pipeline.OUTPUTS[name] for name in requested} - {None}
-    if "corrected" in requested and transform_batch is None:
-        msg = (
-            "outputs='corrected' decodes every cell as if it came from one batch: pass "
-            "transform_batch= a training batch (or a list of them, averaged)."
-        )
-        raise ValueError(msg)
-    expression = {
-        name: loaded.expression(
-            data,
-            library_size=library_size,
-            batch_size=batch_size,
-            transform_batch=transform_batch if name == "corrected" else None,
-        )  # fmt: skip
-        for name in pipeline.EXPRESSION_OUTPUTS
-        if name in requested
-    }
-    results = loaded.outputs(data, needed=needed, batch_size=batch_size) if needed else {}
-
-    target_obs = handler.target.obs_names
     new_record = dict(record) if prefix == key and record else {}
-    new_record.update(
-        {
-            "checkpoint": str(path),
-            "task": loaded.task,
-            "version": __version__,
-            "model": loaded.model,
-        }
-    )
     existing = handler.clear_previous(prefix)
-    written = []
-    if "latent" in requested:
-        name = latent_key(prefix)
-        handler.stage("obsm", name, align_rows(results["latent"], data.obs_names, target_obs))
-        written.append(f"'{name}' (obsm)")
-    if "reconstruction" in requested:
-        values = align_rows(results["reconstruction"], data.obs_names, target_obs)
-        written.append(
-            _stage_genes(
-                handler,
-                prefix,
-                reconstruction_key(prefix),
-                values,
-                preprocessing["feature_names"],
-                new_record,
-            )  # fmt: skip
-        )
-    for name, values in expression.items():
-        values = align_rows(values, data.obs_names, target_obs)
-        written.append(
-            _stage_genes(
-                handler,
-                prefix,
-                f"{prefix}_{name}",
-                values,
-                preprocessing["feature_names"],
-                new_record,
-            )  # fmt: skip
-        )
-    if expression:
-        new_record["library_size"] = library_size
-        if "corrected" in expression:
-            new_record["transform_batch"] = transform_batch_names(transform_batch)
-    if {"logits", "probabilities", "prediction"} & set(requested):
-        encoder = loaded.encoder("label")
-        logits = align_rows(results["logits"], data.obs_names, target_obs)
-        probabilities = softmax(logits)
-        new_record["label_categories"] = list(encoder.categories)
-        new_record.setdefault("label_key", encoder.key)
-        if "logits" in requested:
-            handler.stage("obsm", f"{prefix}_logits", logits)
-            written.append(f"'{prefix}_logits' (obsm)")
-        if "probabilities" in requested:
-            handler.stage("obsm", f"{prefix}_probabilities", probabilities)
-            written.append(f"'{prefix}_probabilities' (obsm)")
-        if "prediction" in requested:
-            codes, confidence = predicted_codes(probabilities)
-            labels = pd.Categorical.from_codes(codes, list(encoder.categories))
-            handler.stage("obs", f"{prefix}_prediction", pd.Series(labels, index=target_obs))
-            handler.stage("obs", f"{prefix}_confidence", pd.Series(confidence, index=target_obs))
-            written.append(f"'{prefix}_prediction', '{prefix}_confidence' (obs)")
-    new_record["outputs"] = list(requested)
+    written = stage_outputs(
+        handler, loaded, prefix, requested, new_record, layer=layer, mod=mod,
+        batch_size=batch_size, library_size=library_size, transform_batch=transform_batch,
+    )  # fmt: skip
     handler.stage("uns", prefix, new_record)
     handler.log_overwrite(prefix, existing)
     handler.commit()

@@ -161,6 +161,17 @@ class CheckpointMixin:
             overwrite=overwrite,
         )
 
+    def keep_current_weights(self) -> None:
+        """Make the model's current weights the ones a bundle stores.
+
+        For changes made after :meth:`fit` (such as the temperature that
+        calibration sets): bundles store the best weights kept during training.
+        """
+        if self._best_state is not None:
+            self._best_state = self._copy_state(self._best_state)
+        if self._last_state is not None:
+            self._last_state = self._copy_state(self._last_state)
+
     def _best_or(self, last: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Return the weights a bundle stores: the best ones with ``checkpoint=True``, else ``last``."""
         return self._best_state if self.checkpoint and self._best_state is not None else last

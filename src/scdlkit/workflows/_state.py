@@ -20,7 +20,7 @@ from .._version import __version__
 from ..data import PreparedData, SplitData, get_obs_column
 from ..data.record import history_record
 from ..data.spec import DataSpec
-from ..pipeline import FittedRun, LoadedRun
+from ..pipeline import LABEL_TASKS, FittedRun, LoadedRun
 from ..train import Trainer
 from ..train.options import TrainerOptions
 
@@ -127,7 +127,7 @@ class FittedState:
             raise RuntimeError(msg)
 
     def _check_reconstructs(self, method: str) -> None:
-        if self.task == "classification":
+        if self.task in LABEL_TASKS:
             msg = (
                 f"{method} needs a model that reconstructs its input, but this runner trains "
                 f"{self.model!r} for classification. Use predict()/plot_confusion_matrix(), or a "
@@ -136,7 +136,7 @@ class FittedState:
             raise ValueError(msg)
 
     def _check_classifies(self, method: str) -> None:
-        if self.task != "classification":
+        if self.task not in LABEL_TASKS:
             msg = (
                 f"{method} needs a classification runner; this one trains {self.model!r} for "
                 f"{self.task!r}. Use TaskRunner('mlp_classifier', 'classification', "

@@ -13,6 +13,7 @@ import pandas as pd
 from .._version import __version__
 from ..data import PreparedData
 from ..evaluation._tables import confusion_table, metrics_table, per_class_table
+from ..pipeline.build import LABEL_TASKS
 from ..train import Trainer
 
 
@@ -101,7 +102,7 @@ def _figures(runner: ReportedRunner, folder: Path, latent_method: str) -> dict[s
         runner.plot_latent(method=latent_method, show=False, return_fig=True),
         folder / "latent.png",
     )
-    if runner.task == "classification":
+    if runner.task in LABEL_TASKS:
         figures["Confusion matrix (held-out cells)"] = _save(
             runner.plot_confusion_matrix(show=False, return_fig=True),
             folder / "confusion_matrix.png",

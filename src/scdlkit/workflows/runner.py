@@ -175,8 +175,8 @@ class TaskRunner(RunnerPlots):
             )
             raise TypeError(msg)
         self.task = pipeline.resolve_task(model, task)
-        if self.task == "classification" and label_key is None:
-            msg = "task='classification' needs label_key= (the .obs column with the cell labels)."
+        if self.task in pipeline.LABEL_TASKS and label_key is None:
+            msg = f"task={self.task!r} needs label_key= (the .obs column with the cell labels)."
             raise ValueError(msg)
         trainer_kwargs = dict(trainer_kwargs or {})
         clash = sorted({"model", "task", *_TRAINER_ARGUMENTS} & set(trainer_kwargs))
@@ -284,7 +284,7 @@ class TaskRunner(RunnerPlots):
             include_training_state=False,
             metadata={"runner": json_safe(self.get_params())},
         )
-        self._run, self._bundle = run, pipeline.LoadedRun.from_fitted(run)
+        self._run, self._bundle = run, run.loaded()
         self.prepared_, self._adata = run.prepared, adata
         self.metrics_, self.fit_seconds_ = None, run.seconds
         return self
@@ -337,7 +337,7 @@ class TaskRunner(RunnerPlots):
     def predict(self, adata: AnnData | MuData) -> pd.Categorical | np.ndarray:
         """Predicted labels (classification, as a categorical) or the reconstruction (otherwise)."""
         self._check_fitted("predict()")
-        if self.task != "classification":
+        if self.task not in pipeline.LABEL_TASKS:
             return self.reconstruct(adata)
         logits = self._outputs(self._query(adata), needed=("logits",))["logits"]
         return class_predictions(logits, self.classes_)[1]
