@@ -91,10 +91,9 @@ def _mean_confidence(logits: np.ndarray, temperature: float) -> float:
     return float(calibrated_probabilities(logits, temperature).max(axis=1).mean())
 
 
-def _confidence_floor(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Smallest temperature whose mean confidence stays at or below the add-one-smoothed accuracy."""
-    correct = int((logits.argmax(axis=1) == labels).sum())
-    target = (correct + 1) / (labels.shape[0] + 2)
+def _smoothed_temperature(logits: np.ndarray, n_cells: int) -> float:
+    """Temperature at which the mean confidence is ``(n + 1) / (n + 2)`` (all ``n`` cells right)."""
+    target = (n_cells + 1) / (n_cells + 2)
     low, high = _LOG_T_BOUNDS
     if _mean_confidence(logits, float(np.exp(low))) <= target:
         return float(np.exp(low))
@@ -109,11 +108,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     One scalar for all classes, so the predicted labels do not change; ``T > 1``
     softens over-confident probabilities. Searched on ``log T`` in
-    ``[log 0.01, log 100]``. ``T`` is not lowered below the temperature at
-    which the mean confidence equals the add-one-smoothed accuracy of these
-    cells, ``(correct + 1) / (n + 2)``: when every held-out cell is right the
-    log-loss keeps falling as ``T → 0``, which would promise certainty that a
-    finite validation set cannot show.
+    ``[log 0.01, log 100]``. When every cell is predicted right the log-loss
+    has no minimum (it keeps falling as ``T → 0``, promising a certainty that
+    a finite validation set cannot show); ``T`` is then the temperature at
+    which the mean confidence equals the add-one-smoothed accuracy
+    ``(n + 1) / (n + 2)``.
 
     Parameters
     ----------
@@ -144,19 +143,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     >>> before = expected_calibration_error(labels, softmax(over_confident))
     >>> bool(expected_calibration_error(labels, softmax(over_confident / t)) < before)
     True
-    >>> separable = 3.0 * np.eye(3)[labels]  # all 500 right: confidence (500 + 1) / (500 + 2)
+    >>> separable = 3.0 * np.eye(3)[labels]  # all 500 right: mean confidence 501 / 502
     >>> t = fit_temperature(separable, labels)
     >>> round(float(softmax(separable / t).max(axis=1).mean()), 4)
     0.998
     """
     labels, logits = _check(labels, logits, "logits")
     finite = np.where(np.isfinite(logits), logits, np.finfo(np.float32).min)
+    if (finite.argmax(axis=1) == labels).all():
+        return _smoothed_temperature(finite, labels.shape[0])
     result = minimize_scalar(
         lambda log_t: _nll(finite, labels, float(np.exp(log_t))),
         bounds=_LOG_T_BOUNDS,
         method="bounded",
     )
-    return max(float(np.exp(result.x)), _confidence_floor(finite, labels))
+    return float(np.exp(result.x))
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:

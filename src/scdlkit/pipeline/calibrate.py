@@ -44,18 +44,15 @@ def calibrate(trainer: Trainer, val: SplitData | None) -> dict[str, Any] | None:
         return {"temperature": 1.0, "n_cells": int(labelled.sum()), "skipped": reason}
     logits = trainer.predict_dataset(val, outputs=["logits"], include_inputs=False)["logits"]
     logits, labels = logits[labelled], val.y[labelled]
-    fitted = fit_temperature(logits, labels)
-    before = expected_calibration_error(labels, calibrated_probabilities(logits, 1.0))
-    after = expected_calibration_error(labels, calibrated_probabilities(logits, fitted))
-    # the fitted temperature minimises the log-loss; keep it only when it also lowers the ECE
-    temperature = fitted if after <= before else 1.0
+    temperature = fit_temperature(logits, labels)
     module.temperature.fill_(temperature)
     trainer.keep_current_weights()
     record = {
         "temperature": temperature,
-        "fitted_temperature": fitted,
-        "ece_before": before,
-        "ece_after": min(after, before),
+        "ece_before": expected_calibration_error(labels, calibrated_probabilities(logits, 1.0)),
+        "ece_after": expected_calibration_error(
+            labels, calibrated_probabilities(logits, temperature)
+        ),
         "n_cells": int(labelled.sum()),
         "split": "val",
     }
