@@ -363,7 +363,12 @@ def test_list_tasks():
     tasks = list_tasks()
     assert isinstance(tasks, pd.DataFrame)
     assert list(tasks.columns) == ["name", "output_keys", "required_batch_keys", "description"]
-    assert tasks["name"].tolist() == ["annotation", "classification", "reconstruction", "representation"]
+    assert tasks["name"].tolist() == [
+        "annotation",
+        "classification",
+        "reconstruction",
+        "representation",
+    ]
     assert tasks.set_index("name").loc["classification", "required_batch_keys"] == ("x", "y")
 
 
