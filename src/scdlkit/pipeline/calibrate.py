@@ -18,12 +18,10 @@ def calibrate(trainer: Trainer, val: SplitData | None) -> dict[str, Any] | None:
     """Fit the model's ``temperature`` on the labelled cells of ``val``; return the calibration record.
 
     Only models with a ``temperature`` buffer are calibrated (``None`` for the
-    others). The temperature minimising the log-loss (``fitted_temperature``)
-    is kept when it lowers the expected calibration error on those cells, else
-    the temperature stays 1 (the log-loss optimum does not always lower the
-    ECE, e.g. for a classifier that has barely trained). The record holds the
-    ``temperature`` used, ``fitted_temperature``, the error before and after
-    (``ece_before``/``ece_after``, on the same cells) and ``n_cells``; without
+    others); the temperature is :func:`~scdlkit.evaluation.fit_temperature`'s.
+    The record holds the ``temperature``, the expected calibration error
+    before and after (``ece_before``/``ece_after``, on the same cells; the
+    log-loss optimum usually lowers it but need not) and ``n_cells``; without
     labelled validation cells the temperature stays 1 and ``skipped`` says why.
     The bundle then stores the temperature.
     """
