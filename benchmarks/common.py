@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,22 @@ def peak_rss_bytes() -> int:
     # macOS reports bytes, other systems kilobytes
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def run_job_or_main(
+    jobs: dict[str, Callable[..., dict[str, Any]]], main: Callable[[], None]
+) -> None:
+    """Run ``python script.py JOB JSON_KWARGS`` (one measured job, printing ``RESULT {...}``) or ``main``.
+
+    The drivers start every measured job in a fresh process this way, so each
+    runs alone with one thread; warnings are silenced so that the last line is
+    the result.
+    """
+    if len(sys.argv) == 3 and sys.argv[1] in jobs:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        result = jobs[sys.argv[1]](**json.loads(sys.argv[2]))
+        print("RESULT " + json.dumps(result, default=float))
+    else:
+        main()

@@ -51,7 +51,6 @@ with ``--quick``); the tables are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -64,7 +63,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _peer_label_transfer import TRUTH, expected_calibration_error  # noqa: E402
-from common import machine_info, write_json  # noqa: E402
+from common import machine_info, run_job_or_main, write_json  # noqa: E402
 from peers import call, markdown  # noqa: E402
 
 DATA_DIR = HERE.parent.parent / "shared" / "data"
@@ -548,11 +547,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in OURS_JOBS:
-        import warnings
-
-        warnings.filterwarnings("ignore")
-        result = OURS_JOBS[sys.argv[1]](**json.loads(sys.argv[2]))
-        print("RESULT " + json.dumps(result, default=float))
-    else:
-        main()
+    run_job_or_main(OURS_JOBS, main)

@@ -52,7 +52,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine_info, peak_rss_bytes, write_json  # noqa: E402
+from common import machine_info, peak_rss_bytes, run_job_or_main, write_json  # noqa: E402
 
 CASES = ("speed", "parity", "quality")
 INSTALL = (
@@ -492,11 +492,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in OURS_JOBS:
-        import warnings
-
-        warnings.filterwarnings("ignore")
-        result = OURS_JOBS[sys.argv[1]](**json.loads(sys.argv[2]))
-        print("RESULT " + json.dumps(result, default=float))
-    else:
-        main()
+    run_job_or_main(OURS_JOBS, main)

@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks/peers.py`` (scdlkit's count_vae vs scvi-tools), tiny sizes.
+"""Smoke tests of ``benchmarks/peers.py`` and ``benchmarks/label_transfer.py`` (tiny sizes).
 
 Needs scvi-tools, scib-metrics and harmonypy in this interpreter or in the one
 named by ``SCDLKIT_PEERS_PYTHON``; skipped otherwise, and by default (marked
@@ -61,3 +61,29 @@ def test_peers_quick_speed_and_parity(tmp_path):
     scvi, ours = parity["scvi"]["elbo_train"][-1], parity["ours"]["elbo_train"][-1]
     assert abs(ours - scvi) / scvi < 0.05
     assert "| nb |" in payload["tables"][0]
+
+
+@pytest.mark.benchmark
+def test_label_transfer_quick(tmp_path):
+    """``benchmarks/label_transfer.py --quick``: our methods always, the peers when installed."""
+    if not (Path(__file__).resolve().parents[2] / "shared" / "data").is_dir():
+        pytest.skip("../shared/data (pbmc_3tech) is absent")
+    command = [
+        sys.executable, str(BENCHMARKS / "label_transfer.py"), "--quick",
+        "--results", str(tmp_path), "--seeds", "0",
+    ]  # fmt: skip
+    python = os.environ.get("SCDLKIT_PEERS_PYTHON")
+    if python:
+        command += ["--peers-python", python]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "label_transfer-quick.json").read_text())
+    methods = payload["results"]["3tech-VDJ"]["methods"]
+    for name in ("count_scanvi", "mlp_classifier", "knn_pca"):
+        (run,) = methods[name]
+        assert run["accuracy"] > 0.8, name
+        assert 0.0 <= run["ece"] <= 1.0
+    (ours,) = methods["count_scanvi"]
+    assert ours["cpu_s"] == pytest.approx(ours["reference_cpu_s"] + ours["query_cpu_s"])
+    assert "| 3tech-VDJ |" in payload["tables"][0]
