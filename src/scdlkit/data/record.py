@@ -146,6 +146,24 @@ def present_keys(holder: AnnData | MuData, key: str) -> list[str]:
     return present
 
 
+def has_true_label(labels: pd.Series | np.ndarray, record: Mapping[str, Any]) -> np.ndarray:
+    """Cells with a true label to score against: not missing, and not the run's ``unlabeled_category``.
+
+    Examples
+    --------
+    >>> has_true_label(
+    ...     pd.Series(["B", None, "Unknown"]), {"unlabeled_category": "Unknown"}
+    ... ).tolist()
+    [True, False, False]
+    """
+    labels = pd.Series(np.asarray(labels, dtype=object))
+    known = labels.notna().to_numpy()
+    unlabeled = record.get("unlabeled_category")
+    if unlabeled is not None:
+        known &= labels.astype(str).to_numpy() != str(unlabeled)
+    return known
+
+
 def align_rows(values: np.ndarray, rows: pd.Index | None, target_obs: pd.Index) -> np.ndarray:
     """Place per-cell ``values`` (rows named ``rows``) in ``target_obs`` order; NaN where missing.
 

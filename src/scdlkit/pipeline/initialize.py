@@ -14,6 +14,7 @@ from .._errors import format_names
 from ..data import PreparedData
 from ..data.record import record_holder
 from ..data.spec import DataSpec
+from ..train.bundle import read_weights
 from .load import LoadedRun, load_run, run_checkpoint
 
 #: Data options an initialised run reads as its source run did (given ones must agree).
@@ -110,7 +111,7 @@ def load_source_weights(module: nn.Module, source: LoadedRun) -> list[str]:
     ValueError
         A source tensor the module lacks or has with another shape (another architecture).
     """
-    weights = source.trainer.model.state_dict()
+    weights = read_weights(source.path)
     target = module.state_dict()
     foreign = [k for k in weights if k not in target and k not in OWN_BUFFERS]
     mismatched = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,39 @@ from mudata import MuData
 from scanpy import logging as logg
 
 from .._errors import format_names
-from ..data import CategoryEncoder, PreparedData, transform_adata
+from ..data import CategoryEncoder, PreparedData, SplitData, transform_adata
 from ..data.counts import Covariates
-from ..data.fields import get_obs_column, resolve_fields
+from ..data.fields import Fields, ModSpec, get_obs_column, resolve_fields
 from ..data.splits import check_split_sizes, draw_split, split_categorical
 from ..models import create_model, get_model_class
 from ..train import Trainer
-from ..train.bundle import WEIGHTS_FILE, file_digest
+from ..train.bundle import WEIGHTS_FILE, file_digest, read_manifest, read_weights
 from ..train.options import TrainerOptions
 from .fit import FittedRun
 from .load import LoadedRun, run_checkpoint
+
+
+@dataclass
+class MappedQuery:
+    """A query mapped onto a reference: the run, what mapping adds to its record, the query's cells.
+
+    Attributes
+    ----------
+    run
+        The fitted run of the mapped model (saved and recorded like any other).
+    record
+        ``reference`` (checkpoint, sha256), ``new_batches``, ``missing_genes``,
+        ``min_gene_overlap``, ``trainable`` (parameter names), ``unfreeze``.
+    data
+        Every query cell prepared for the mapped model (to predict on).
+    mod
+        The MuData modality read (``None`` for an AnnData).
+    """
+
+    run: FittedRun
+    record: dict[str, Any]
+    data: SplitData
+    mod: ModSpec = None
 
 
 def check_reference(reference: LoadedRun) -> None:
@@ -58,7 +82,11 @@ def check_reference(reference: LoadedRun) -> None:
 
 
 def query_batches(
-    query: AnnData | MuData, reference: LoadedRun, batch_key: str | None
+    query: AnnData | MuData,
+    fields: Fields,
+    reference: LoadedRun,
+    batch_key: str | None,
+    mod: ModSpec = None,
 ) -> tuple[CategoryEncoder, list[str]]:
     """Return the reference's batch encoder extended by the query's batches (``batch_key``), and the new ones.
 
@@ -71,20 +99,8 @@ def query_batches(
     """
     trained = reference.encoder("batch")
     key = batch_key or trained.key
-    mod = reference.preprocessing.get("mod") if isinstance(query, MuData) else None
-    fields = resolve_fields(
-        query, layer=reference.preprocessing.get("layer"), mod=mod,
-        use_raw=bool(reference.preprocessing.get("use_raw")),
-    )  # fmt: skip
     values = get_obs_column(query, key, fields.obs_names, mod=mod)
-    if values.isna().any():
-        msg = f"The query's batch column {key!r} has {int(values.isna().sum())} missing values; fill them."
-        raise ValueError(msg)
-    present = (
-        [str(c) for c in values.cat.categories if (values == c).any()]
-        if isinstance(values.dtype, pd.CategoricalDtype)
-        else sorted(values.astype(str).unique())
-    )
+    present = CategoryEncoder.fit(values, key=key).categories
     encoder = CategoryEncoder(trained.categories, key=key).extended(present)
     new = list(encoder.categories[len(trained.categories) :])
     if not new:
@@ -97,10 +113,11 @@ def query_batches(
 
 
 def reference_identity(reference: LoadedRun) -> dict[str, str]:
-    """Return the reference bundle's path and the SHA-256 of its weights."""
+    """Return the reference bundle's path and the SHA-256 of its weights (from its manifest when it has one)."""
+    recorded = (read_manifest(reference.path) or {}).get(WEIGHTS_FILE, {}).get("sha256")
     return {
         "checkpoint": str(reference.path.resolve()),
-        "sha256": file_digest(reference.path / WEIGHTS_FILE),
+        "sha256": recorded or file_digest(reference.path / WEIGHTS_FILE),
     }
 
 
@@ -113,7 +130,7 @@ def map_query(
     unfreeze: Sequence[str] = (),
     val_size: float = 0.1,
     options: TrainerOptions | None = None,
-) -> tuple[FittedRun, dict[str, Any]]:
+) -> MappedQuery:
     """Extend ``reference`` with the query's new batches and train only their parameters on the query.
 
     Genes are matched by name (missing reference genes filled with zeros);
@@ -123,9 +140,7 @@ def map_query(
 
     Returns
     -------
-    The fitted run (to save and record like any other) and the mapping
-    record: ``reference`` (checkpoint, sha256), ``new_batches``,
-    ``missing_genes``, ``trainable`` (parameter names), ``unfreeze``.
+    The :class:`MappedQuery`.
     """
     options = options or TrainerOptions()
     check_reference(reference)
@@ -133,28 +148,28 @@ def map_query(
     if not 0.0 < float(min_gene_overlap) <= 1.0:
         msg = f"min_gene_overlap must be a fraction in (0, 1], got {min_gene_overlap!r}."
         raise ValueError(msg)
-    encoder, new = query_batches(query, reference, batch_key)
     preprocessing = {**reference.preprocessing, "min_feature_overlap": float(min_gene_overlap)}
-    data = transform_adata(
-        query, preprocessing, batch_encoder=encoder,
-        mod=reference.preprocessing.get("mod") if isinstance(query, MuData) else None,
-    )  # fmt: skip
-    features = pd.Index(preprocessing["feature_names"])
-    source_names = resolve_fields(
-        query, layer=preprocessing.get("layer"),
-        mod=preprocessing.get("mod") if isinstance(query, MuData) else None,
+    mod = preprocessing.get("mod") if isinstance(query, MuData) else None
+    fields = resolve_fields(
+        query, layer=preprocessing.get("layer"), mod=mod,
         use_raw=bool(preprocessing.get("use_raw")),
-    ).feature_names  # fmt: skip
-    missing_genes = int((~features.isin(source_names)).sum())
+    )  # fmt: skip
+    encoder, new = query_batches(query, fields, reference, batch_key, mod)
+    data = transform_adata(query, preprocessing, batch_encoder=encoder, mod=mod)
+    features = pd.Index(preprocessing["feature_names"])
+    missing_genes = int((~features.isin(fields.feature_names)).sum())
 
     kwargs = {**reference.config["model"]["kwargs"], "n_batch_extra": len(new)}
     module = create_model(reference.model, seed=options.seed, **kwargs)
-    reference_weights = reference.trainer.model.state_dict()
-    result = module.load_state_dict(reference_weights, strict=False)
+    result = module.load_state_dict(read_weights(reference.path), strict=False)
     module.init_extra_batches()
     trainable = module.freeze_reference(unfreeze)
     if result.unexpected_keys or not set(result.missing_keys) <= set(trainable):
-        msg = f"The reference weights do not fit the mapped model: {result}."
+        msg = (
+            f"The reference weights in {str(reference.path)!r} do not fit its own model "
+            f"({reference.model}): {result}. The bundle is damaged or was written by another "
+            "scdlkit; retrain the reference."
+        )
         raise ValueError(msg)
 
     assignment = draw_split(len(data), val_size=val_size, test_size=0.0, seed=options.seed)
@@ -169,7 +184,8 @@ def map_query(
         feature_names=list(features), label_encoder=reference.encoder("label"),
         batch_encoder=encoder, preprocessing=preprocessing, split=split_categorical(assignment),
         obs_names=data.source_obs_names, source=str(reference.preprocessing.get("source", "query")),
-        spec=spec, seed=options.seed, raw_counts=True, covariates=Covariates.from_dict(reference.preprocessing.get("covariates")),
+        spec=spec, seed=options.seed, raw_counts=True,
+        covariates=Covariates.from_dict(preprocessing.get("covariates")),
     )  # fmt: skip
     trainer = Trainer.from_options(module, reference.task, options)
     started = time.perf_counter()
@@ -182,7 +198,7 @@ def map_query(
         trainer=trainer, prepared=prepared, model=reference.model, task=reference.task,
         model_kwargs={"n_batch_extra": len(new)}, seconds=time.perf_counter() - started,
     )  # fmt: skip
-    mapping = {
+    record = {
         "reference": reference_identity(reference),
         "new_batches": new,
         "missing_genes": missing_genes,
@@ -190,7 +206,7 @@ def map_query(
         "trainable": trainable,
         "unfreeze": list(unfreeze),
     }
-    return run, mapping
+    return MappedQuery(run=run, record=record, data=data, mod=mod)
 
 
 def reference_path(reference: AnnData | MuData | str | Path, key: str) -> Path:

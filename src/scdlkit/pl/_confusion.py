@@ -15,7 +15,7 @@ from mudata import MuData
 
 from .._errors import MissingKeyError, format_names
 from ..data import get_obs_column
-from ..data.record import where
+from ..data.record import has_true_label, where
 from ._utils import FIT_HINT, PREDICT_HINT, finish, new_axes, run_record
 
 _NORMALIZE = ("true", "pred", None)
@@ -69,9 +69,7 @@ def _confusion_inputs(
     truth = _obs_column(
         data, target, label_key, hint="Pass label_key= with the column of true labels"
     )
-    keep = predicted.notna().to_numpy() & truth.notna().to_numpy()
-    if record.get("unlabeled_category") is not None:  # semi-supervised runs: no truth to count
-        keep &= truth.astype(str).to_numpy() != str(record["unlabeled_category"])
+    keep = predicted.notna().to_numpy() & has_true_label(truth, record)
     if split is not None:
         if split not in _SPLITS:
             msg = f"split must be one of {format_names(_SPLITS)} or None, got {split!r}."

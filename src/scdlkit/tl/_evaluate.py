@@ -22,6 +22,7 @@ from ..data.handler import DataHandler, check_writable
 from ..data.record import (
     align_rows,
     get_record,
+    has_true_label,
     latent_key,
     read_reconstruction,
     record_holder,
@@ -414,11 +415,7 @@ def evaluate(
         else:
             with_result &= np.isfinite(values).all(axis=1)
     if labels is not None:
-        with_result &= pd.notna(labels)
-        if record.get("unlabeled_category") is not None:  # semi-supervised runs: no truth to score
-            with_result &= pd.Series(labels).astype(str).to_numpy() != str(
-                record["unlabeled_category"]
-            )
+        with_result &= has_true_label(labels, record)
     if integration:
         with_result &= pd.notna(batches)
     evaluated &= with_result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,10 +127,11 @@ def map_query(
         {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
          "device": device, "seed": seed, **trainer_kwargs}
     )  # fmt: skip
-    run, mapping = pipeline.map_query(
+    mapped = pipeline.map_query(
         query, loaded, batch_key=batch_key, min_gene_overlap=min_gene_overlap,
         unfreeze=unfreeze, val_size=val_size, options=options,
     )  # fmt: skip
+    run = mapped.run
     if not run.is_main_process:
         return query if copy else None
     params = {
@@ -142,21 +142,17 @@ def map_query(
     path = pipeline.save_run(
         run,
         pipeline.checkpoint_path(checkpoint_dir, prefix),
-        metadata={"key_added": prefix, "params": params, "mapping": mapping},
+        metadata={"key_added": prefix, "params": params, "mapping": mapped.record},
     )
-    record = {**run.record(params), **mapping}
-    mod = loaded.preprocessing.get("mod") if isinstance(query, MuData) else None
-    handler = DataHandler(query, mod)
+    record = {**run.record(params), **mapped.record}
+    handler = DataHandler(query, mapped.mod)
     existing = handler.clear_previous(prefix, include_split=True)
     split_name = SPLIT_KEY.format(key=prefix)
     handler.stage("obs", split_name, pd.Series(run.prepared.split, index=run.prepared.obs_names))
-    requested = pipeline.DEFAULT_OUTPUTS[run.task]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the missing genes were reported above
-        written = stage_outputs(
-            handler, run.loaded(), prefix, requested, record, layer=pipeline.TRAINED,
-            mod=mod, batch_size=max(int(batch_size), 1024),
-        )  # fmt: skip
+    written = stage_outputs(
+        handler, run.loaded(), mapped.data, prefix, pipeline.DEFAULT_OUTPUTS[run.task], record,
+        batch_size=max(int(batch_size), 1024),
+    )  # fmt: skip
     handler.stage("uns", prefix, record)
     handler.log_overwrite(prefix, existing)
     handler.commit()

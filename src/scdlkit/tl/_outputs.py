@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import pipeline
 from .._version import __version__
+from ..data import SplitData
 from ..data.handler import DataHandler
 from ..data.record import align_rows, latent_key, reconstruction_key, reconstruction_location
 from ..evaluation._probabilities import predicted_codes, softmax
@@ -44,17 +45,16 @@ def stage_genes(
 def stage_outputs(
     handler: DataHandler,
     loaded: pipeline.LoadedRun,
+    data: SplitData,
     prefix: str,
     requested: Sequence[str],
     new_record: dict[str, Any],
     *,
-    layer: Any,
-    mod: Any,
     batch_size: int,
     library_size: float | str = 1e4,
     transform_batch: Any = None,
 ) -> list[str]:
-    """Run ``loaded`` over the handler's cells and stage the ``requested`` outputs under ``prefix``.
+    """Run ``loaded`` over ``data`` (the handler's cells, from ``loaded.query``) and stage the ``requested`` outputs.
 
     ``new_record`` (the ``.uns[prefix]`` to write) gets the checkpoint, task,
     model, label categories and ``outputs``; nothing is committed. Returns
@@ -65,8 +65,6 @@ def stage_outputs(
     ValueError
         ``"corrected"`` without ``transform_batch``, or an output the model does not give.
     """
-    adata = handler.data
-    data = loaded.query(adata, layer=layer, mod=mod)
     needed = {pipeline.OUTPUTS[name] for name in requested} - {None}
     if "corrected" in requested and transform_batch is None:
         msg = (

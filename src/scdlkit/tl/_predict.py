@@ -156,8 +156,9 @@ def predict(
     new_record = dict(record) if prefix == key and record else {}
     existing = handler.clear_previous(prefix)
     written = stage_outputs(
-        handler, loaded, prefix, requested, new_record, layer=layer, mod=mod,
-        batch_size=batch_size, library_size=library_size, transform_batch=transform_batch,
+        handler, loaded, loaded.query(adata, layer=layer, mod=mod), prefix, requested,
+        new_record, batch_size=batch_size, library_size=library_size,
+        transform_batch=transform_batch,
     )  # fmt: skip
     handler.stage("uns", prefix, new_record)
     handler.log_overwrite(prefix, existing)
